@@ -1,0 +1,152 @@
+"""The ``x402-aggregator`` command: parse options into a :class:`Config`, then hand over."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import uvicorn
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+from .config import CONFIG_ENV, Config, load_config
+from .errors import ConfigError, TransportError
+from .transport import AiohttpTransport
+from .upstream import Upstream
+
+#: Exit codes, named like uvicorn's.
+STARTUP_FAILURE = 3
+UPSTREAM_UNREACHABLE = 1
+
+app = typer.Typer(
+    name="x402-aggregator",
+    help="One x402 facilitator endpoint in front of many.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+err = Console(stderr=True)
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        envvar=CONFIG_ENV,
+        help="YAML configuration file. Without one, public facilitators are used.",
+        dir_okay=False,
+    ),
+]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"x402-aggregator {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
+    ] = False,
+) -> None:
+    """One x402 facilitator endpoint in front of many."""
+
+
+def _load(path: Path | None) -> Config:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+        raise typer.Exit(STARTUP_FAILURE) from None
+
+
+@app.command()
+def serve(
+    config: ConfigOption = None,
+    host: Annotated[str | None, typer.Option(help="Listen address (overrides the config).")] = None,
+    port: Annotated[int | None, typer.Option(help="Listen port (overrides the config).")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
+    access_log: Annotated[bool, typer.Option(help="Log every HTTP request.")] = False,
+) -> None:
+    """Serve the aggregator: a facilitator API at http://HOST:PORT."""
+    if host is not None:
+        os.environ["X402_AGGREGATOR_SERVER__HOST"] = host
+    if port is not None:
+        os.environ["X402_AGGREGATOR_SERVER__PORT"] = str(port)
+    if config is not None:
+        # Worker processes rebuild the configuration from the environment.
+        os.environ[CONFIG_ENV] = str(config)
+    settings = _load(config)
+    level = settings.server.log_level
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    names = ", ".join(u.name for u in settings.upstreams if u.enabled)
+    err.print(f"x402-aggregator {__version__}: upstreams {names}", highlight=False)
+    try:
+        uvicorn.run(
+            "x402_aggregator.server:app_from_environment",
+            factory=True,
+            host=settings.server.host,
+            port=settings.server.port,
+            workers=workers,
+            log_level=level,
+            access_log=access_log,
+            http="httptools",
+            loop="uvloop" if os.name != "nt" else "asyncio",
+            timeout_graceful_shutdown=30,
+        )
+    except ConfigError as exc:  # e.g. an auth variable that is not set
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(STARTUP_FAILURE) from None
+
+
+@app.command()
+def check(config: ConfigOption = None) -> None:
+    """Probe every upstream's /supported and print what each one offers."""
+    settings = _load(config)
+    try:
+        rows = asyncio.run(_probe_all(settings))
+    except ConfigError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(STARTUP_FAILURE) from None
+    table = Table(title="upstreams")
+    for column in ("name", "url", "reachable", "latency", "kinds"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*row)
+    Console().print(table)
+    if any(row[2] != "yes" for row in rows):
+        raise typer.Exit(UPSTREAM_UNREACHABLE)
+
+
+async def _probe_all(config: Config) -> list[tuple[str, str, str, str, str]]:
+    transport = AiohttpTransport()
+    try:
+        upstreams = [Upstream(u, transport) for u in config.upstreams]
+        return await asyncio.gather(*(_probe(u, config.health.timeout_s) for u in upstreams))
+    finally:
+        await transport.aclose()
+
+
+async def _probe(upstream: Upstream, timeout_s: float) -> tuple[str, str, str, str, str]:
+    started = time.perf_counter()
+    try:
+        caps = await upstream.probe(timeout_s)
+    except (TransportError, ValueError) as exc:
+        return (upstream.name, upstream.display_url, "no", "-", str(exc))
+    latency = f"{(time.perf_counter() - started) * 1000:.0f} ms"
+    labels = caps.describe()
+    kinds = ", ".join(labels[:4]) + (f" (+{len(labels) - 4})" if len(labels) > 4 else "")
+    return (upstream.name, upstream.display_url, "yes", latency, kinds or "none")
+
+
+def main() -> None:
+    app()

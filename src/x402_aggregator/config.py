@@ -1,0 +1,209 @@
+"""Configuration: one YAML file, validated once at start, every field overridable by environment.
+
+Environment variables use the prefix ``X402_AGGREGATOR_`` and ``__`` between nested names, e.g.
+``X402_AGGREGATOR_SERVER__PORT=8080``. Secrets are never written in the file: the file names the
+environment variable that holds them (``token_env: CDP_TOKEN``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from .errors import ConfigError
+
+CONFIG_ENV = "X402_AGGREGATOR_CONFIG"
+ENV_PREFIX = "X402_AGGREGATOR_"
+MiB = 1024 * 1024
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(4020, ge=0, le=65535)
+    max_body_bytes: int = Field(MiB, gt=0)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class BearerAuth(_Section):
+    """``Authorization: Bearer <token>``, the token read from an environment variable."""
+
+    type: Literal["bearer"]
+    token_env: str
+
+
+class HeaderAuth(_Section):
+    """One header whose value is read from an environment variable (e.g. ``X-API-Key``)."""
+
+    type: Literal["header"]
+    name: str
+    value_env: str
+
+
+Auth = Annotated[BearerAuth | HeaderAuth, Field(discriminator="type")]
+
+
+class UpstreamConfig(_Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    url: HttpUrl
+    priority: int = 0
+    weight: int = Field(1, ge=1)
+    enabled: bool = True
+    #: Budget of one verify or /supported call.
+    timeout_s: float = Field(10.0, gt=0)
+    #: Budget of one settle, which waits for on-chain confirmation. Default: max(timeout_s, 60).
+    settle_timeout_s: float | None = Field(None, gt=0)
+    #: Opening a connection; a settle moves to another upstream only when this phase fails.
+    connect_timeout_s: float = Field(3.0, gt=0)
+    #: Extra static headers (not secrets: use ``auth`` for those).
+    headers: dict[str, str] = Field(default_factory=dict)
+    auth: Auth | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _no_credentials_in_url(cls, url: HttpUrl) -> HttpUrl:
+        # Credentials in a URL end up in logs and status pages; auth belongs in `auth`.
+        if url.username or url.password or url.query or url.fragment:
+            raise ValueError(
+                "credentials, query strings and fragments are not allowed in the URL; "
+                "put secrets in `auth` (read from an environment variable)"
+            )
+        return url
+
+    @property
+    def settle_timeout(self) -> float:
+        return self.settle_timeout_s or max(self.timeout_s, 60.0)
+
+    @property
+    def base_url(self) -> str:
+        return str(self.url).rstrip("/")
+
+
+class RoutingConfig(_Section):
+    strategy: Literal["priority"] = "priority"
+
+
+class HealthConfig(_Section):
+    #: How often each upstream's /supported is fetched to refresh its capabilities.
+    interval_s: float = Field(30.0, gt=0)
+    #: Retry interval while an upstream's capabilities are still unknown.
+    unknown_retry_s: float = Field(2.0, gt=0)
+    #: Budget of one /supported probe.
+    timeout_s: float = Field(5.0, gt=0)
+    #: How long start-up waits for the first round of probes before serving anyway.
+    startup_wait_s: float = Field(5.0, ge=0)
+
+
+DEFAULT_UPSTREAMS: list[dict[str, Any]] = [
+    {"name": "x402-org", "url": "https://x402.org/facilitator", "priority": 0},
+    {"name": "payai", "url": "https://facilitator.payai.network", "priority": 1},
+    {"name": "x402-rs", "url": "https://facilitator.x402.rs", "priority": 2},
+]
+
+
+class Config(BaseSettings):
+    """The whole configuration; build it with :func:`load_config`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    server: ServerConfig = ServerConfig()
+    upstreams: list[UpstreamConfig] = Field(min_length=1)
+    routing: RoutingConfig = RoutingConfig()
+    health: HealthConfig = HealthConfig()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment overrides the file (which arrives as init kwargs).
+        return env_settings, init_settings
+
+    @field_validator("upstreams")
+    @classmethod
+    def _unique_names(cls, upstreams: list[UpstreamConfig]) -> list[UpstreamConfig]:
+        names = [u.name for u in upstreams]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"upstream names must be unique; repeated: {', '.join(duplicates)}")
+        if not any(u.enabled for u in upstreams):
+            raise ValueError("at least one upstream must be enabled")
+        return upstreams
+
+
+def load_config(source: str | Path | dict[str, Any] | None = None) -> Config:
+    """Build the configuration from a YAML path, a mapping, ``$X402_AGGREGATOR_CONFIG`` or defaults.
+
+    Raises :class:`ConfigError` naming the file and the offending field.
+    """
+    origin = "defaults"
+    if source is None and os.environ.get(CONFIG_ENV):
+        source = os.environ[CONFIG_ENV]
+    if source is None:
+        data: dict[str, Any] = {"upstreams": DEFAULT_UPSTREAMS}
+    elif isinstance(source, dict):
+        data, origin = source, "mapping"
+    else:
+        origin = str(source)
+        data = _read_yaml(Path(source))
+    try:
+        return Config(**data)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid configuration ({origin}):\n{_describe(exc, data)}") from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read configuration file {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"configuration file {path} is not valid YAML: {exc}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"configuration file {path} must be a mapping at the top level")
+    return data
+
+
+def _describe(exc: ValidationError, data: dict[str, Any]) -> str:
+    lines = []
+    for error in exc.errors(include_url=False, include_input=False):
+        lines.append(f"  {_field_path(error['loc'], data)}: {error['msg']}")
+    return "\n".join(lines)
+
+
+def _field_path(loc: tuple[int | str, ...], data: dict[str, Any]) -> str:
+    """Render a pydantic location as ``upstreams[0] (primary).url``."""
+    path = ""
+    node: Any = data
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+            node = node[part] if isinstance(node, list) and part < len(node) else None
+            if isinstance(node, dict) and isinstance(node.get("name"), str):
+                path += f" ({node['name']})"
+        elif isinstance(node, dict) and node.get("type") == part:
+            continue  # a discriminated-union tag ("bearer") adds nothing for a reader
+        elif re.fullmatch(r"[a-z_][a-z0-9_]*", part):
+            path += f".{part}" if path else part
+            node = node.get(part) if isinstance(node, dict) else None
+        # Function-validator names add nothing for a reader either.
+    return path or "(top level)"

@@ -1,0 +1,59 @@
+"""The aggregator's exceptions.
+
+Expected answers (an invalid payment, a failed settle) are values, not exceptions. These are for
+configuration mistakes, bad requests and transport faults::
+
+    AggregatorError
+    ├── ConfigError (ValueError)        the configuration cannot be used
+    ├── RequestError (ValueError)       a caller's request is malformed; carries the x402 reason
+    └── TransportError (OSError)        an upstream call failed below HTTP
+        ├── ConnectError                the request provably never reached the upstream
+        │   └── ConnectTimeout
+        ├── ReadTimeout                 sent, no complete answer in time: it may have arrived
+        └── ConnectionLost              sent, then the connection broke: it may have arrived
+"""
+
+from __future__ import annotations
+
+
+class AggregatorError(Exception):
+    """Base class of every exception raised by x402-aggregator."""
+
+
+class ConfigError(AggregatorError, ValueError):
+    """The configuration is invalid; the message names the field and the file."""
+
+
+class RequestError(AggregatorError, ValueError):
+    """A caller's request cannot be processed; answered with an x402-shaped error body."""
+
+    def __init__(self, reason: str, message: str, *, status: int = 400) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.status = status
+
+
+class TransportError(AggregatorError, OSError):
+    """An upstream call failed below HTTP (no usable status line and body)."""
+
+    #: True when the request bytes cannot have reached the upstream's application.
+    never_arrived: bool = False
+
+
+class ConnectError(TransportError):
+    """The connection could not be opened (refused, unreachable, DNS, TLS handshake)."""
+
+    never_arrived = True
+
+
+class ConnectTimeout(ConnectError):
+    """The connection was not established within the connect timeout."""
+
+
+class ReadTimeout(TransportError):
+    """The request was sent but no complete answer arrived within the timeout."""
+
+
+class ConnectionLost(TransportError):
+    """The connection broke after the request was sent (reset, closed, truncated answer)."""

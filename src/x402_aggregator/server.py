@@ -1,0 +1,157 @@
+"""The HTTP face: the facilitator API (``/verify``, ``/settle``, ``/supported``) and status pages.
+
+Starlette on uvicorn; every answer is JSON, every error x402-shaped, no traceback ever leaves.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import orjson
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from . import __version__
+from ._types import JSONObject, Operation
+from .aggregator import Aggregator, Reply
+from .config import Config
+from .errors import RequestError
+from .protocol import (
+    INVALID_PAYLOAD,
+    REQUEST_TOO_LARGE,
+    SETTLEMENT_OUTCOME_UNKNOWN,
+    UNEXPECTED_VERIFY_ERROR,
+    failure_body,
+)
+
+logger = logging.getLogger("x402_aggregator.server")
+
+UPSTREAM_HEADER = "X-Aggregator-Upstream"
+ATTEMPTS_HEADER = "X-Aggregator-Attempts"
+#: Named when the aggregator itself answered (bad request, unsupported kind, all upstreams failed).
+NO_UPSTREAM = "none"
+
+
+def create_app(config: Config | None = None, *, aggregator: Aggregator | None = None) -> Starlette:
+    """Build the ASGI app around an :class:`Aggregator` (made from ``config`` if not given)."""
+    if aggregator is None:
+        if config is None:
+            raise ValueError("create_app needs a config or an aggregator")
+        aggregator = Aggregator(config)
+    engine = aggregator
+    limit = engine.config.server.max_body_bytes
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # Learn what upstreams support before the first request; probing goes on in the background.
+        await engine.start()
+        yield
+        # Stop probing and close the upstream connection pools.
+        await engine.aclose()
+
+    def payment_endpoint(operation: Operation) -> Callable[[Request], Awaitable[Response]]:
+        handle = engine.verify if operation == "verify" else engine.settle
+
+        async def endpoint(request: Request) -> Response:
+            try:
+                body = await _read_body(request, limit)
+            except RequestError as exc:
+                error = failure_body(operation, exc.reason, exc.message)
+                return _reply(Reply(exc.status, orjson.dumps(error)))
+            return _reply(await handle(body))
+
+        return endpoint
+
+    async def supported(request: Request) -> Response:
+        return Response(engine.supported(), media_type="application/json")
+
+    async def status(request: Request) -> Response:
+        return _json(200, {"version": __version__, **engine.status()})
+
+    async def healthz(request: Request) -> Response:
+        return _json(200, {"status": "ok"})
+
+    routes = [
+        Route("/verify", payment_endpoint("verify"), methods=["POST"]),
+        Route("/settle", payment_endpoint("settle"), methods=["POST"]),
+        Route("/supported", supported, methods=["GET"]),
+        Route("/status", status, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+    ]
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={HTTPException: _http_error, Exception: _internal_error},
+    )
+    app.state.aggregator = engine
+    return app
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """Read the request body, refusing more than ``limit`` bytes without buffering them."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise RequestError(REQUEST_TOO_LARGE, _too_large(limit), status=413)
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise RequestError(REQUEST_TOO_LARGE, _too_large(limit), status=413)
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise RequestError(
+            INVALID_PAYLOAD, "the client disconnected before sending the whole body"
+        ) from None
+    return b"".join(chunks)
+
+
+def _too_large(limit: int) -> str:
+    return f"request body is larger than {limit} bytes"
+
+
+def _reply(reply: Reply) -> Response:
+    headers = {
+        UPSTREAM_HEADER: reply.upstream or NO_UPSTREAM,
+        ATTEMPTS_HEADER: str(reply.attempts),
+    }
+    if reply.extension_responses:
+        headers["EXTENSION-RESPONSES"] = reply.extension_responses
+    return Response(reply.body, reply.status, headers, media_type="application/json")
+
+
+def _json(status: int, body: JSONObject) -> Response:
+    return Response(orjson.dumps(body), status, media_type="application/json")
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return _json(exc.status_code, {"error": exc.detail, "status": exc.status_code})
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    # The traceback goes to our log, never to the caller.
+    logger.exception("internal error on %s %s", request.method, request.url.path)
+    path = request.url.path
+    message = "internal error in the aggregator"
+    if path == "/settle":
+        # A settle that crashed here may already have been forwarded: say so, never "failed".
+        body = failure_body("settle", SETTLEMENT_OUTCOME_UNKNOWN, message)
+    elif path == "/verify":
+        body = failure_body("verify", UNEXPECTED_VERIFY_ERROR, message)
+    else:
+        body = {"error": message}
+    return _json(500, body)
+
+
+def app_from_environment() -> Starlette:
+    """App factory for uvicorn workers: the configuration comes from ``X402_AGGREGATOR_*``."""
+    from .config import load_config
+
+    return create_app(load_config())

@@ -1,0 +1,176 @@
+"""One upstream facilitator: where it is, how to call it, and what its answers mean.
+
+Every call ends in an :class:`Outcome`, never an exception, so the aggregator decides on values:
+
+- ``ok``: the payment is valid / settled;
+- ``rejected``: a definitive answer about the payment (``isValid:false``, ``success:false``);
+- ``retryable``: nothing usable came back and another upstream may be asked;
+- ``ambiguous``: a settle may have moved money and nobody knows yet; never sent elsewhere.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+import orjson
+
+from . import __version__
+from ._types import JSONObject, Operation
+from .auth import auth_headers
+from .capabilities import Capabilities, parse_supported
+from .config import UpstreamConfig
+from .errors import TransportError
+from .health import UpstreamHealth
+from .protocol import SETTLEMENT_PENDING, PaymentRequest, normalise_answer, reason_of
+from .transport import Transport, UpstreamRequest, UpstreamResponse
+
+OutcomeKind = Literal["ok", "rejected", "retryable", "ambiguous"]
+
+#: Verify rejections that say more about the upstream than the payment: another may accept it.
+SOFT_VERIFY_REASONS = frozenset(
+    {
+        "unsupported_scheme",
+        "invalid_scheme",
+        "invalid_network",
+        "unexpected_verify_error",
+        "unexpected_error",
+        "unknown_error",
+        "node_failure",
+        "invalid_exact_evm_failed_to_get_network_config",
+        "invalid_exact_evm_failed_to_get_asset_info",
+    }
+)
+EXTENSION_RESPONSES = "EXTENSION-RESPONSES"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How one call to one upstream ended."""
+
+    kind: OutcomeKind
+    upstream: str
+    elapsed_s: float
+    status: int | None = None
+    #: The answer in spec shape, when the upstream gave a facilitator answer.
+    answer: JSONObject | None = field(default=None, repr=False)
+    #: The upstream's own bytes, when ``answer`` needed no change and can be forwarded as is.
+    raw: bytes | None = field(default=None, repr=False)
+    #: What went wrong, safe to show (no secrets, no payload).
+    error: str | None = None
+    extension_responses: str | None = field(default=None, repr=False)
+
+
+class Upstream:
+    """A facilitator we forward to: configuration, credentials and last known capabilities."""
+
+    def __init__(self, config: UpstreamConfig, transport: Transport) -> None:
+        self.config = config
+        self.name = config.name
+        self._transport = transport
+        self._base = config.base_url
+        self._headers = {
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+            "User-Agent": f"x402-aggregator/{__version__}",
+            **config.headers,
+            **auth_headers(config),
+        }
+        self.capabilities: Capabilities | None = None
+        self.health = UpstreamHealth(config.name)
+
+    def __repr__(self) -> str:
+        return f"Upstream(name={self.name!r}, url={self.display_url!r})"
+
+    @property
+    def display_url(self) -> str:
+        """The base URL; safe for logs and status pages, as config refuses credentials in it."""
+        return self._base
+
+    async def call(self, operation: Operation, request: PaymentRequest) -> Outcome:
+        """Send a verify or settle and classify what came back."""
+        settle = operation == "settle"
+        outgoing = UpstreamRequest(
+            method="POST",
+            url=f"{self._base}/{operation}",
+            headers=self._headers,
+            body=request.body,
+            timeout_s=self.config.settle_timeout if settle else self.config.timeout_s,
+            connect_timeout_s=self.config.connect_timeout_s,
+            fresh_connection=settle,
+        )
+        started = time.perf_counter()
+        try:
+            response = await self._transport.send(outgoing)
+        except TransportError as exc:
+            elapsed = time.perf_counter() - started
+            # For a settle, "retryable" means exactly this: the request never reached the upstream.
+            kind: OutcomeKind = "retryable" if exc.never_arrived or not settle else "ambiguous"
+            return Outcome(kind, self.name, elapsed, error=str(exc))
+        elapsed = time.perf_counter() - started
+        return _classify(operation, self.name, response, request.kind.network, elapsed)
+
+    async def probe(self, timeout_s: float) -> Capabilities:
+        """Fetch ``/supported``; raise ``TransportError`` or ``ValueError`` if it fails."""
+        response = await self._transport.send(
+            UpstreamRequest(
+                method="GET",
+                url=f"{self._base}/supported",
+                headers=self._headers,
+                timeout_s=timeout_s,
+                connect_timeout_s=min(self.config.connect_timeout_s, timeout_s),
+            )
+        )
+        if response.status != 200:
+            raise ValueError(f"/supported answered HTTP {response.status}")
+        try:
+            data = orjson.loads(response.body)
+        except orjson.JSONDecodeError:
+            raise ValueError("/supported answered a body that is not JSON") from None
+        return parse_supported(data)
+
+
+def _classify(
+    operation: Operation, name: str, response: UpstreamResponse, network: str, elapsed: float
+) -> Outcome:
+    status = response.status
+    try:
+        decoded = orjson.loads(response.body)
+    except orjson.JSONDecodeError:
+        decoded = None
+    answer = normalise_answer(operation, decoded, network)
+    extensions = response.headers.get(EXTENSION_RESPONSES)
+    if answer is None:
+        kind: OutcomeKind = "ambiguous" if operation == "settle" else "retryable"
+        return Outcome(kind, name, elapsed, status, error=_describe_unusable(status, response.body))
+    raw = response.body if answer is decoded and status == 200 else None
+    kind = _kind_of(operation, status, answer)
+    error = (
+        None
+        if kind in ("ok", "rejected")
+        else f"HTTP {status}: {reason_of(operation, answer) or 'no reason'}"
+    )
+    return Outcome(kind, name, elapsed, status, answer, raw, error, extensions)
+
+
+def _kind_of(operation: Operation, status: int, answer: JSONObject) -> OutcomeKind:
+    success = answer["isValid" if operation == "verify" else "success"]
+    if operation == "verify":
+        if status >= 500 or status == 429 or (success and status >= 300):
+            return "retryable"
+        if success:
+            return "ok"
+        return "retryable" if reason_of(operation, answer) in SOFT_VERIFY_REASONS else "rejected"
+    # A settle that may have been acted on is never reported as a definitive failure.
+    if status >= 500 or status == 402 or (success and status >= 300):
+        return "ambiguous"
+    if success:
+        return "ok"
+    return "ambiguous" if reason_of(operation, answer) == SETTLEMENT_PENDING else "rejected"
+
+
+def _describe_unusable(status: int, body: bytes) -> str:
+    if not body:
+        return f"HTTP {status} with an empty body"
+    return f"HTTP {status} with a body that is not a facilitator answer ({len(body)} bytes)"
