@@ -53,7 +53,8 @@ class Outcome:
     upstream: str
     elapsed_s: float
     status: int | None = None
-    #: The answer in spec shape, when the upstream gave a facilitator answer.
+    #: The answer in spec shape, when the upstream gave one we may relay: always for ``ok`` and
+    #: ``rejected``; for ``ambiguous`` only a ``settlement_pending`` (which carries the tx hash).
     answer: JSONObject | None = field(default=None, repr=False)
     #: The upstream's own bytes, when ``answer`` needed no change and can be forwarded as is.
     raw: bytes | None = field(default=None, repr=False)
@@ -144,14 +145,16 @@ def _classify(
     if answer is None:
         kind: OutcomeKind = "ambiguous" if operation == "settle" else "retryable"
         return Outcome(kind, name, elapsed, status, error=_describe_unusable(status, response.body))
-    raw = response.body if answer is decoded and status == 200 else None
     kind = _kind_of(operation, status, answer)
-    error = (
-        None
-        if kind in ("ok", "rejected")
-        else f"HTTP {status}: {reason_of(operation, answer) or 'no reason'}"
-    )
-    return Outcome(kind, name, elapsed, status, answer, raw, error, extensions)
+    if kind in ("ok", "rejected"):
+        raw = response.body if answer is decoded and status == 200 else None
+        return Outcome(kind, name, elapsed, status, answer, raw, None, extensions)
+    error = f"HTTP {status}: {reason_of(operation, answer) or 'no reason'}"
+    if kind == "ambiguous" and reason_of(operation, answer) != SETTLEMENT_PENDING:
+        # A failure body with a 5xx/402 status cannot be trusted to mean "nothing happened":
+        # keep its reason for the record, but do not let it pass for a definitive answer.
+        return Outcome(kind, name, elapsed, status, error=error)
+    return Outcome(kind, name, elapsed, status, answer, None, error, extensions)
 
 
 def _kind_of(operation: Operation, status: int, answer: JSONObject) -> OutcomeKind:
