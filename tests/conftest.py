@@ -72,7 +72,7 @@ AggregatorFactory = Callable[..., Running]
 
 @pytest.fixture
 def aggregator() -> Iterator[AggregatorFactory]:
-    """Serve an aggregator over upstreams (fakes, "name=url" strings or entries), in priority order."""
+    """Serve an aggregator over upstreams (fakes, "name=url" or entries), in priority order."""
     running: list[Running] = []
 
     def make(*upstreams: FakeFacilitator | str | dict[str, Any], **sections: Any) -> Running:

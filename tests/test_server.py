@@ -1,4 +1,4 @@
-"""The aggregator as a facilitator, over real sockets: uvicorn in front, fake facilitators behind."""
+"""The aggregator as a facilitator over real sockets: uvicorn in front, fake facilitators behind."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ SOLANA_DEVNET = "solana:EtWTRABZaYq6iMfeYKouRu166VU2xqa1"
 def test_v2_verify_round_trip_forwards_the_callers_bytes(
     fakes: FakeFactory, aggregator: AggregatorFactory
 ) -> None:
-    """A v2 verify reaches the primary byte for byte, unknown fields included, and its answer comes back."""
+    """A v2 verify reaches the primary byte for byte, unknown fields included."""
     primary = fakes("primary")
     agg = aggregator(primary, fakes("backup"))
     body = v2_body(extensions={"bazaar": {"info": {"x": 1}}})
@@ -48,7 +48,8 @@ def test_v2_settle_round_trip(fakes: FakeFactory, aggregator: AggregatorFactory)
     assert response.status_code == 200
     assert answer["success"] is True
     assert answer["network"] == "eip155:84532"
-    assert answer["transaction"].startswith("0x") and len(answer["transaction"]) == 66
+    assert answer["transaction"].startswith("0x")
+    assert len(answer["transaction"]) == 66
     assert response.headers["X-Aggregator-Upstream"] == "primary"
 
 
@@ -174,7 +175,7 @@ def test_verify_fails_over_when_the_primary_is_down(
 def test_definitive_rejection_is_returned_as_200_in_spec_shape(
     fakes: FakeFactory, aggregator: AggregatorFactory, dialect: str, status: int
 ) -> None:
-    """A business rejection, whatever its status and field names, is answered 200 in spec shape, not failed over."""
+    """A business rejection, in any status and field names, is relayed as 200 in spec shape."""
     primary, backup = fakes("primary"), fakes("backup")
     agg = aggregator(primary, backup)
     primary.set("*", Mode.INVALID, reason="insufficient_funds", status=status, dialect=dialect)
@@ -195,7 +196,7 @@ def test_definitive_rejection_is_returned_as_200_in_spec_shape(
 def test_verify_rejection_with_http_402_is_definitive(
     fakes: FakeFactory, aggregator: AggregatorFactory
 ) -> None:
-    """A verify rejected with HTTP 402 (as CDP may answer) is a definitive answer, relayed as 200."""
+    """A verify rejected with HTTP 402 (as CDP may answer) is definitive, relayed as 200."""
     primary, backup = fakes("primary"), fakes("backup")
     agg = aggregator(primary, backup)
     primary.set("verify", Mode.INVALID, status=402, dialect="minimal")
@@ -210,7 +211,7 @@ def test_verify_rejection_with_http_402_is_definitive(
 def test_rejection_keeps_the_upstreams_message_and_fields(
     fakes: FakeFactory, aggregator: AggregatorFactory
 ) -> None:
-    """The upstream's original reason text survives normalisation, in the canonical field and its own."""
+    """The upstream's reason text survives normalisation, in the canonical field and its own."""
     primary = fakes("primary")
     agg = aggregator(primary)
     primary.set("verify", Mode.INVALID, dialect="x402rs", status=400, message="balance 5 < 10000")
@@ -224,7 +225,7 @@ def test_rejection_keeps_the_upstreams_message_and_fields(
 def test_settle_moves_on_when_the_primary_refuses_connections(
     fakes: FakeFactory, aggregator: AggregatorFactory
 ) -> None:
-    """A settle that provably never reached the primary (connection refused) is sent to the backup."""
+    """A settle that provably never reached the primary (refused) is sent to the backup."""
     backup = fakes("backup")
     agg = aggregator(f"primary=http://127.0.0.1:{free_port()}", backup)
 
@@ -270,7 +271,7 @@ def test_settle_moves_on_after_a_connect_timeout(
 def test_settle_with_an_unknown_outcome_is_never_sent_elsewhere(
     fakes: FakeFactory, aggregator: AggregatorFactory, mode: Mode, params: dict[str, object]
 ) -> None:
-    """After a settle may have arrived, the caller hears settlement_outcome_unknown and no second upstream is asked."""
+    """A settle that may have arrived is answered settlement_outcome_unknown, never sent on."""
     primary, backup = fakes("primary"), fakes("backup")
     agg = aggregator(primary, backup)
     primary.set("settle", mode, **params)
@@ -290,7 +291,7 @@ def test_settle_with_an_unknown_outcome_is_never_sent_elsewhere(
 def test_settlement_pending_is_passed_through_with_its_transaction(
     fakes: FakeFactory, aggregator: AggregatorFactory
 ) -> None:
-    """settlement_pending is honest and non-terminal: it reaches the caller with the tx hash, nothing else is asked."""
+    """settlement_pending reaches the caller with its tx hash; no other upstream is asked."""
     primary, backup = fakes("primary"), fakes("backup")
     agg = aggregator(primary, backup)
     primary.set("settle", Mode.PENDING)
@@ -356,7 +357,7 @@ def test_missing_requirement_fields_are_named(
 def test_oversize_bodies_are_413_whether_declared_or_streamed(
     fakes: FakeFactory, aggregator: AggregatorFactory
 ) -> None:
-    """Bodies over 1 MiB are refused with 413, with or without a Content-Length; nothing is forwarded."""
+    """Bodies over 1 MiB get 413, with or without a Content-Length; nothing is forwarded."""
     primary = fakes("primary")
     agg = aggregator(primary)
     big = b"x" * (1024 * 1024 + 1)
@@ -401,7 +402,7 @@ def test_settle_with_every_upstream_unreachable_is_502(aggregator: AggregatorFac
 def test_a_soft_rejection_is_returned_when_no_upstream_does_better(
     fakes: FakeFactory, aggregator: AggregatorFactory
 ) -> None:
-    """If every upstream answers an upstream-side reason, the first such answer is returned, not a 502."""
+    """If every upstream gives an upstream-side reason, the first is returned, not a 502."""
     primary, backup = fakes("primary"), fakes("backup")
     agg = aggregator(primary, backup)
     primary.set("verify", Mode.INVALID, reason="node_failure")
@@ -417,7 +418,7 @@ def test_a_soft_rejection_is_returned_when_no_upstream_does_better(
 def test_unsupported_kinds_are_answered_without_asking_anyone(
     fakes: FakeFactory, aggregator: AggregatorFactory
 ) -> None:
-    """An unknown network is invalid_network, an unknown scheme unsupported_scheme, both HTTP 200."""
+    """Unknown network is invalid_network, unknown scheme unsupported_scheme, both HTTP 200."""
     primary = fakes("primary")
     agg = aggregator(primary)
 
@@ -450,7 +451,7 @@ def test_solana_payments_go_to_the_owner_of_their_fee_payer(
 def test_a_hanging_upstream_never_blocks_supported(
     fakes: FakeFactory, aggregator: AggregatorFactory
 ) -> None:
-    """With one upstream hanging on /supported, start-up is bounded and /supported answers at once."""
+    """With an upstream hanging on /supported, start-up is bounded and /supported is instant."""
     primary, backup = fakes("primary"), fakes("backup", extensions=["bazaar"])
     primary.set("supported", Mode.HANG)
     started = time.monotonic()
@@ -471,7 +472,7 @@ def test_a_hanging_upstream_never_blocks_supported(
 def test_upstreams_of_unknown_capability_are_tried_after_known_ones(
     fakes: FakeFactory, aggregator: AggregatorFactory
 ) -> None:
-    """An upstream whose /supported never answered is asked only after those known to support the kind."""
+    """An upstream whose /supported never answered is asked after those known to support it."""
     primary, backup = fakes("primary"), fakes("backup")
     primary.set("supported", Mode.HTTP500)
     agg = aggregator(primary, backup)
@@ -532,7 +533,7 @@ def test_status_reports_state_counts_and_errors_without_secrets(
 def test_upstream_credentials_are_sent_and_caller_credentials_are_not(
     fakes: FakeFactory, aggregator: AggregatorFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The upstream gets its own bearer token; the caller's Authorization header is not forwarded."""
+    """The upstream gets its own bearer token; the caller's Authorization is not forwarded."""
     monkeypatch.setenv("PRIMARY_TOKEN", "upstream-token")
     primary = fakes("primary")
     agg = aggregator(
@@ -541,7 +542,7 @@ def test_upstream_credentials_are_sent_and_caller_credentials_are_not(
 
     agg.client.post("/verify", json=v2_body(), headers={"Authorization": "Bearer caller-token"})
 
-    headers = [r.headers for r in primary.received if r.op == "verify"][0]
+    headers = next(r.headers for r in primary.received if r.op == "verify")
     assert headers["authorization"] == "Bearer upstream-token"
 
 
