@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import orjson
 
@@ -193,6 +194,12 @@ def _all_failed(operation: Operation, request: PaymentRequest, failed: Sequence[
     return Reply(502, orjson.dumps(body), None, len(failed))
 
 
+def _iso(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
+
+
 def _upstream_status(upstream: Upstream) -> JSONObject:
     health, caps = upstream.health, upstream.capabilities
     return {
@@ -209,7 +216,7 @@ def _upstream_status(upstream: Upstream) -> JSONObject:
         "failures": health.failures,
         "consecutive_failures": health.consecutive_failures,
         "last_error": health.last_error,
-        "last_error_at": health.last_error_at,
-        "last_probe_at": health.last_probe_at,
+        "last_error_at": _iso(health.last_error_at),
+        "last_probe_at": _iso(health.last_probe_at),
         "last_latency_ms": health.last_latency_ms,
     }

@@ -103,8 +103,11 @@ class HealthConfig(_Section):
     startup_wait_s: float = Field(5.0, ge=0)
 
 
+# Public facilitators that need no account. x402.org is listed under its canonical www host: the
+# SDKs follow a redirect from the bare domain, but we never follow redirects (URLs come only from
+# configuration).
 DEFAULT_UPSTREAMS: list[dict[str, Any]] = [
-    {"name": "x402-org", "url": "https://x402.org/facilitator", "priority": 0},
+    {"name": "x402-org", "url": "https://www.x402.org/facilitator", "priority": 0},
     {"name": "payai", "url": "https://facilitator.payai.network", "priority": 1},
     {"name": "x402-rs", "url": "https://facilitator.x402.rs", "priority": 2},
 ]

@@ -124,7 +124,7 @@ class Upstream:
             )
         )
         if response.status != 200:
-            raise ValueError(f"/supported answered HTTP {response.status}")
+            raise ValueError(f"/supported: {_describe_unusable(response.status, response)}")
         try:
             data = orjson.loads(response.body)
         except orjson.JSONDecodeError:
@@ -144,7 +144,8 @@ def _classify(
     extensions = response.headers.get(EXTENSION_RESPONSES)
     if answer is None:
         kind: OutcomeKind = "ambiguous" if operation == "settle" else "retryable"
-        return Outcome(kind, name, elapsed, status, error=_describe_unusable(status, response.body))
+        error = _describe_unusable(status, response)
+        return Outcome(kind, name, elapsed, status, error=error)
     kind = _kind_of(operation, status, answer)
     if kind in ("ok", "rejected"):
         raw = response.body if answer is decoded and status == 200 else None
@@ -173,7 +174,12 @@ def _kind_of(operation: Operation, status: int, answer: JSONObject) -> OutcomeKi
     return "ambiguous" if reason_of(operation, answer) == SETTLEMENT_PENDING else "rejected"
 
 
-def _describe_unusable(status: int, body: bytes) -> str:
+def _describe_unusable(status: int, response: UpstreamResponse) -> str:
+    body = response.body
+    if 300 <= status < 400:
+        # Redirects are not followed: upstream URLs come only from configuration.
+        target = response.headers.get("Location", "?")
+        return f"HTTP {status} redirect to {target}; configure the upstream's final URL"
     if not body:
         return f"HTTP {status} with an empty body"
     return f"HTTP {status} with a body that is not a facilitator answer ({len(body)} bytes)"
