@@ -101,7 +101,8 @@ def serve(
             access_log=access_log,
             http="httptools",
             loop="uvloop" if os.name != "nt" else "asyncio",
-            timeout_graceful_shutdown=30,
+            # In-flight settles must finish: cutting one off loses its outcome.
+            timeout_graceful_shutdown=max(u.settle_timeout for u in settings.upstreams) + 5,
         )
     except ConfigError as exc:  # e.g. an auth variable that is not set
         err.print(f"[red]error:[/red] {exc}", highlight=False)
