@@ -130,7 +130,7 @@ def test_ownership_is_unknown_when_no_signer_is_published() -> None:
 
 @pytest.mark.parametrize("key", ["feePayer", "facilitatorAddress"])
 def test_a_signer_named_in_a_kind_extra_is_owned(key: str) -> None:
-    """A kind's extra.feePayer / extra.facilitatorAddress counts as one of the upstream's signers."""
+    """A kind's extra.feePayer or extra.facilitatorAddress is one of the upstream's signers."""
     address, entry = (
         (FEE_PAYER, kind(network=SOLANA_DEVNET))
         if key == "feePayer"
@@ -168,7 +168,7 @@ def test_equal_answers_give_equal_capabilities() -> None:
 
 
 def test_kinds_are_deduplicated_and_the_first_upstreams_extra_wins() -> None:
-    """Kinds merge by (version, scheme, network); the first upstream's entry, extra included, wins."""
+    """Kinds merge by (version, scheme, network); the first upstream's entry and extra win."""
     first = supported(kind(), {**kind(network=SOLANA_DEVNET), "extra": {"feePayer": "First111"}})
     second = supported(
         {**kind(network=SOLANA_DEVNET), "extra": {"feePayer": "Second11"}},
@@ -196,7 +196,7 @@ def test_signers_are_merged_per_family_in_order() -> None:
 
 
 def test_extensions_are_those_every_v2_upstream_offers() -> None:
-    """An extension is advertised only when every upstream serving v2 offers it, in first's order."""
+    """An extension is advertised only if every upstream serving v2 offers it (first's order)."""
     first = supported(kind(), extensions=["payment-identifier", "bazaar", "eip2612GasSponsoring"])
     second = supported(kind(), extensions=["bazaar", "payment-identifier"])
     third = supported(kind(network="eip155:8453"), extensions=["payment-identifier", "bazaar"])

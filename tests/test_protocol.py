@@ -1,4 +1,4 @@
-"""The wire format: parsing verify/settle bodies, failure bodies, and normalising upstream answers."""
+"""The wire format: parsing verify/settle bodies, failure bodies, normalising upstream answers."""
 
 from __future__ import annotations
 
@@ -165,7 +165,7 @@ def test_missing_requirements_are_invalid_payment_requirements(requirements: obj
 def test_requirements_failing_the_model_are_invalid_payment_requirements(
     build: Callable[[], dict[str, Any]],
 ) -> None:
-    """Requirements lacking payTo are refused with invalid_payment_requirements, naming the field."""
+    """Requirements without payTo are refused: invalid_payment_requirements, naming the field."""
     data = copied(build())
     del data["paymentRequirements"]["payTo"]
 
@@ -198,15 +198,11 @@ def test_a_boolean_payload_version_is_invalid_x402_version(version: bool) -> Non
     assert refused(orjson.dumps(data)).reason == INVALID_VERSION
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="protocol._version checks only the payload's version for bool; a top-level "
-    "true compares equal to 1 (True == 1) and the body is accepted and forwarded",
-)
-def test_a_boolean_top_level_version_is_invalid_x402_version() -> None:
-    """A top-level x402Version of true is refused, even when the payload says 1."""
+@pytest.mark.parametrize("top", [True, 1.0], ids=["bool", "float"])
+def test_a_non_integer_top_level_version_is_invalid_x402_version(top: object) -> None:
+    """A top-level x402Version of true or 1.0 is refused, even when the payload says 1."""
     data = copied(v1_body())
-    data["x402Version"] = True
+    data["x402Version"] = top
 
     assert refused(orjson.dumps(data)).reason == INVALID_VERSION
 
@@ -295,7 +291,11 @@ def test_a_verify_reason_under_another_name_is_copied_to_invalid_reason(key: str
 
     out = normalise_answer("verify", answer, NETWORK)
 
-    assert out == {"isValid": False, key: "insufficient_funds", "invalidReason": "insufficient_funds"}
+    assert out == {
+        "isValid": False,
+        key: "insufficient_funds",
+        "invalidReason": "insufficient_funds",
+    }
     assert out is not answer
 
 
@@ -432,7 +432,16 @@ def test_a_settle_success_without_transaction_is_not_an_answer(transaction: obje
 @pytest.mark.parametrize("operation", ["verify", "settle"])
 @pytest.mark.parametrize(
     "answer",
-    [None, [], "ok", 1, {}, {"detail": "Internal Server Error"}, {"isValid": "true"}, {"success": 1}],
+    [
+        None,
+        [],
+        "ok",
+        1,
+        {},
+        {"detail": "Internal Server Error"},
+        {"isValid": "true"},
+        {"success": 1},
+    ],
 )
 def test_anything_without_the_boolean_flag_is_not_an_answer(
     operation: Operation, answer: object

@@ -70,9 +70,7 @@ def response(
     return UpstreamResponse(status, headers or {}, raw)
 
 
-def upstream(
-    answer: UpstreamResponse | TransportError, **config: Any
-) -> tuple[Upstream, Scripted]:
+def upstream(answer: UpstreamResponse | TransportError, **config: Any) -> tuple[Upstream, Scripted]:
     handler = Scripted(answer)
     settings = UpstreamConfig.model_validate({"name": "primary", "url": URL, **config})
     return Upstream(settings, HandlerTransport(handler)), handler
@@ -141,7 +139,8 @@ async def test_an_upstream_side_verify_reason_is_retryable_with_the_answer(reaso
     assert outcome.kind == "retryable"
     assert outcome.answer is not None
     assert outcome.answer["invalidReason"] == reason
-    assert outcome.error is not None and reason in outcome.error
+    assert outcome.error is not None
+    assert reason in outcome.error
 
 
 async def test_a_verify_failure_without_reason_is_retryable() -> None:
@@ -153,12 +152,12 @@ async def test_a_verify_failure_without_reason_is_retryable() -> None:
     assert outcome.answer["invalidReason"] == "unexpected_verify_error"
 
 
-@pytest.mark.parametrize("status", [429, 500, 502, 503, 504])
+@pytest.mark.parametrize("status", [401, 403, 407, 429, 500, 502, 503, 504])
 @pytest.mark.parametrize("body", [VERIFIED, INVALID], ids=["valid", "invalid"])
-async def test_a_verify_with_a_5xx_or_429_status_is_retryable(
+async def test_a_verify_refused_for_upstream_reasons_is_retryable(
     status: int, body: dict[str, Any]
 ) -> None:
-    """A 5xx or 429 is retryable whatever the body says."""
+    """A 5xx, 429 or auth refusal says nothing about the payment: retryable whatever the body."""
     outcome = await call("verify", response(status, body))
 
     assert outcome.kind == "retryable"
@@ -186,7 +185,22 @@ async def test_a_verify_without_a_facilitator_answer_is_retryable(status: int, b
     assert outcome.kind == "retryable"
     assert outcome.answer is None
     assert outcome.raw is None
-    assert outcome.error is not None and f"HTTP {status}" in outcome.error
+    assert outcome.error is not None
+    assert f"HTTP {status}" in outcome.error
+
+
+@pytest.mark.parametrize("operation", ["verify", "settle"])
+async def test_a_redirect_is_not_followed_and_names_its_target(operation: Operation) -> None:
+    """A 3xx is not followed; the error names the target so the operator can fix the URL."""
+    moved = UpstreamResponse(308, {"Location": "https://www.example.com/verify"}, b"")
+    up, handler = upstream(moved)
+
+    outcome = await up.call(operation, payment(operation))
+
+    assert outcome.kind == ("retryable" if operation == "verify" else "ambiguous")
+    assert outcome.error is not None
+    assert "redirect to https://www.example.com/verify" in outcome.error
+    assert len(handler.requests) == 1
 
 
 @pytest.mark.parametrize("error", TRANSPORT_ERRORS, ids=ERROR_IDS)
@@ -287,7 +301,8 @@ async def test_a_settle_without_a_trustworthy_answer_is_ambiguous_with_no_answer
     assert outcome.answer is None
     assert outcome.raw is None
     assert outcome.status == status
-    assert outcome.error is not None and f"HTTP {status}" in outcome.error
+    assert outcome.error is not None
+    assert f"HTTP {status}" in outcome.error
 
 
 @pytest.mark.parametrize("error", TRANSPORT_ERRORS[:2], ids=ERROR_IDS[:2])
@@ -336,7 +351,7 @@ async def test_a_verify_is_posted_with_the_callers_bytes_and_the_call_budget() -
 async def test_a_settle_is_posted_on_a_fresh_connection_with_the_settle_budget(
     config: dict[str, float], budget: float
 ) -> None:
-    """Settle POSTs the caller's bytes to <url>/settle on a new connection, within settle_timeout."""
+    """Settle POSTs the caller's bytes to <url>/settle, on a new connection, in settle_timeout."""
     up, handler = upstream(response(200, SETTLED), **config)
     request = payment("settle")
 

@@ -101,7 +101,8 @@ def merge_supported(capabilities: Iterable[Capabilities]) -> JSONObject:
             kinds.setdefault((raw["x402Version"], raw["scheme"], raw["network"]), raw)
         for family, addresses in caps.signers.items():
             merged = signers.setdefault(family, [])
-            merged.extend(a for a in addresses if a not in merged)
+            known = {_address_key(a) for a in merged}
+            merged.extend(a for a in addresses if _address_key(a) not in known)
         if any(raw["x402Version"] >= 2 for raw in caps.kinds):
             own = list(caps.extensions)
             extensions = own if extensions is None else [e for e in extensions if e in own]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -102,7 +103,8 @@ def serve(
             http="httptools",
             loop="uvloop" if os.name != "nt" else "asyncio",
             # In-flight settles must finish: cutting one off loses its outcome.
-            timeout_graceful_shutdown=max(u.settle_timeout for u in settings.upstreams) + 5,
+            timeout_graceful_shutdown=math.ceil(max(u.settle_timeout for u in settings.upstreams))
+            + 5,
         )
     except ConfigError as exc:  # e.g. an auth variable that is not set
         err.print(f"[red]error:[/red] {exc}", highlight=False)

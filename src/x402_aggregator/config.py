@@ -8,7 +8,6 @@ environment variable that holds them (``token_env: CDP_TOKEN``).
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -203,10 +202,9 @@ def _field_path(loc: tuple[int | str, ...], data: dict[str, Any]) -> str:
             node = node[part] if isinstance(node, list) and part < len(node) else None
             if isinstance(node, dict) and isinstance(node.get("name"), str):
                 path += f" ({node['name']})"
-        elif isinstance(node, dict) and node.get("type") == part:
+        elif isinstance(node, dict) and node.get("type") == part and part not in node:
             continue  # a discriminated-union tag ("bearer") adds nothing for a reader
-        elif re.fullmatch(r"[a-z_][a-z0-9_]*", part):
+        else:
             path += f".{part}" if path else part
             node = node.get(part) if isinstance(node, dict) else None
-        # Function-validator names add nothing for a reader either.
     return path or "(top level)"

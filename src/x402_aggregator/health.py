@@ -62,7 +62,7 @@ class UpstreamHealth:
         """Count a ``/supported`` probe; ``error`` is None when it succeeded."""
         self.last_probe_at = time.time()
         if error is None:
-            self.probe_failures = 0
+            self.probe_failures = self.consecutive_failures = 0
             self._set("up", "probe succeeded")
             return
         self.probe_failures += 1

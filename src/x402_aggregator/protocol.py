@@ -112,7 +112,7 @@ def _version(data: JSONObject, payload: JSONObject) -> int:
             INVALID_VERSION,
             f"x402Version {version!r} is not supported; expected one of {SUPPORTED_VERSIONS}",
         )
-    if top != version:
+    if type(top) is not int or top != version:
         raise RequestError(
             INVALID_VERSION,
             f"x402Version {top!r} does not match paymentPayload.x402Version {version}",

@@ -161,7 +161,9 @@ def _classify(
 def _kind_of(operation: Operation, status: int, answer: JSONObject) -> OutcomeKind:
     success = answer["isValid" if operation == "verify" else "success"]
     if operation == "verify":
-        if status >= 500 or status == 429 or (success and status >= 300):
+        # 401/403/407: the upstream refused *us* (credentials, quota), which says nothing about
+        # the payment; another upstream may well answer.
+        if status >= 500 or status in (401, 403, 407, 429) or (success and status >= 300):
             return "retryable"
         if success:
             return "ok"
