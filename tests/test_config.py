@@ -326,3 +326,11 @@ def test_a_missing_secret_names_upstream_and_variable_only(
     assert "primary" in message
     assert variable in message
     assert SECRET not in message
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).parent.parent.glob("examples/*.yaml")))
+def test_example_configs_load(path: Path) -> None:
+    """Every configuration shipped in examples/ is valid."""
+    config = load_config(path)
+
+    assert config.upstreams
