@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import subprocess
 from dataclasses import dataclass
 from functools import cache
@@ -47,13 +48,16 @@ class TestbedSetupError(RuntimeError):
 def dev_account(index: int) -> LocalAccount:
     """Anvil's dev account ``index`` (public keys from the well-known test mnemonic)."""
     Account.enable_unaudited_hdwallet_features()
-    return Account.from_mnemonic(MNEMONIC, account_path=f"m/44'/60'/0'/0/{index}")
+    account = Account.from_mnemonic(MNEMONIC, account_path=f"m/44'/60'/0'/0/{index}")
+    return cast(LocalAccount, account)
 
 
 @cache
 def payer_account() -> LocalAccount:
     """The test bed's payer: a fixed key, so addresses are stable across runs."""
-    return Account.from_key(hashlib.sha256(b"x402-aggregator test bed payer").digest())
+    return cast(
+        LocalAccount, Account.from_key(hashlib.sha256(b"x402-aggregator test bed payer").digest())
+    )
 
 
 def node_modules() -> Path:
@@ -140,8 +144,16 @@ def start_chain(*, lifetime_s: float = 900, log_dir: Path | None = None) -> Chai
     port = free_port()
     child = spawn(
         "anvil",
-        [str(anvil_binary()), "--host", "127.0.0.1", "--port", str(port),
-         "--chain-id", str(CHAIN_ID), "--silent"],
+        [
+            str(anvil_binary()),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--chain-id",
+            str(CHAIN_ID),
+            "--silent",
+        ],
         lifetime_s=lifetime_s,
         log_dir=log_dir,
     )
@@ -160,7 +172,12 @@ def multicall_runtime() -> str:
         return cached.read_text().strip()
     modules = node_modules()
     result = subprocess.run(  # noqa: S603 - our own script
-        ["node", str(_HERE / "compile.cjs"), str(_HERE / "Multicall.sol"), "Multicall"],
+        [
+            shutil.which("node") or "node",
+            str(_HERE / "compile.cjs"),
+            str(_HERE / "Multicall.sol"),
+            "Multicall",
+        ],
         capture_output=True,
         text=True,
         timeout=120,
@@ -185,11 +202,13 @@ def _deploy_usdc(w3: Web3) -> Contract:
     library = _deploy(w3, checker["abi"], checker["bytecode"])
     token = _artifact("v2/FiatTokenV2_2.sol/FiatTokenV2_2.json")
     bytecode = _link(token, library)
-    address = _deploy(w3, token["abi"], bytecode)
+    address = Web3.to_checksum_address(_deploy(w3, token["abi"], bytecode))
     usdc = w3.eth.contract(address=address, abi=token["abi"])
     payer = payer_account().address
     for call in (
-        usdc.functions.initialize("USD Coin", "USDC", "USD", USDC_DECIMALS, owner, owner, owner, owner),
+        usdc.functions.initialize(
+            "USD Coin", "USDC", "USD", USDC_DECIMALS, owner, owner, owner, owner
+        ),
         usdc.functions.initializeV2(USDC_NAME),
         usdc.functions.initializeV2_1(owner),
         usdc.functions.initializeV2_2([], "USDC"),
@@ -208,7 +227,7 @@ def _deploy(w3: Web3, abi: list[Any], bytecode: str) -> str:
 def _link(artifact: dict[str, Any], library: str) -> str:
     """Put the SignatureChecker library's address into the token's bytecode."""
     # Placeholders (``__$hash$__``) are not hex, so splice the hex text at the byte offsets given.
-    code = artifact["bytecode"].removeprefix("0x")
+    code = str(artifact["bytecode"]).removeprefix("0x")
     for places in artifact["linkReferences"].values():
         for references in places.values():
             for ref in references:

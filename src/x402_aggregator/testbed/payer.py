@@ -101,14 +101,27 @@ class Payer:
                 "nonce": bytes.fromhex(authorization["nonce"][2:]),
             },
         )
-        inner = {"signature": "0x" + signature.signature.hex().removeprefix("0x"),
-                 "authorization": authorization}
+        inner = {
+            "signature": "0x" + signature.signature.hex().removeprefix("0x"),
+            "authorization": authorization,
+        }
         if version == 1:
-            payload: dict[str, Any] = {"x402Version": 1, "scheme": "exact", "network": V1_NETWORK,
-                                       "payload": inner}
+            payload: dict[str, Any] = {
+                "x402Version": 1,
+                "scheme": "exact",
+                "network": V1_NETWORK,
+                "payload": inner,
+            }
         else:
-            payload = {"x402Version": 2, "resource": {"url": "http://127.0.0.1/weather"},
-                       "accepted": requirements, "payload": inner}
-        body = {"x402Version": version, "paymentPayload": payload,
-                "paymentRequirements": requirements}
+            payload = {
+                "x402Version": 2,
+                "resource": {"url": "http://127.0.0.1/weather"},
+                "accepted": requirements,
+                "payload": inner,
+            }
+        body = {
+            "x402Version": version,
+            "paymentPayload": payload,
+            "paymentRequirements": requirements,
+        }
         return Payment(body, self.address, authorization["nonce"], amount)

@@ -7,6 +7,7 @@ signal (it ends when the process that started it dies, e.g. a crashed test run).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -68,10 +69,8 @@ class Child:
         self.process.wait(timeout=5)
 
     def _signal(self, signum: int) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signum)
-        except ProcessLookupError:
-            pass
 
 
 def spawn(
@@ -96,7 +95,7 @@ def spawn(
             env={**os.environ, **(env or {})},
             cwd=cwd,
             start_new_session=True,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 - set before exec, no threads involved
+            preexec_fn=_die_with_parent,
         )
     return Child(name, process, log_path)
 

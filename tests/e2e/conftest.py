@@ -1,0 +1,45 @@
+"""One real x402 network for the session: anvil + USDC + the Python and TypeScript facilitators."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from x402_aggregator.aggregator import Aggregator
+from x402_aggregator.config import load_config
+from x402_aggregator.server import create_app
+from x402_aggregator.testbed.network import TestBed
+from x402_aggregator.testing.live import LiveServer
+
+
+@pytest.fixture(scope="session")
+def testbed() -> Iterator[TestBed]:
+    bed = TestBed.start(lifetime_s=1200)
+    try:
+        yield bed
+    finally:
+        bed.stop()
+
+
+AggregatorClient = Callable[..., httpx.Client]
+
+
+@pytest.fixture
+def through(testbed: TestBed) -> Iterator[AggregatorClient]:
+    """Serve an aggregator in front of the test bed's facilitators; return a client for it."""
+    started: list[tuple[LiveServer, httpx.Client]] = []
+
+    def make(*order: str, **upstream_overrides: Any) -> httpx.Client:
+        config = load_config(testbed.aggregator_config(*order, **upstream_overrides))
+        server = LiveServer(create_app(aggregator=Aggregator(config))).start()
+        client = httpx.Client(base_url=server.url, timeout=120)
+        started.append((server, client))
+        return client
+
+    yield make
+    for server, client in started:
+        client.close()
+        server.stop()
