@@ -151,5 +151,25 @@ async def _probe(upstream: Upstream, timeout_s: float) -> tuple[str, str, str, s
     return (upstream.name, upstream.display_url, "yes", latency, kinds or "none")
 
 
+@app.command()
+def demo(
+    payments: Annotated[int, typer.Option(min=1, max=50, help="Payments before the failover.")] = 3,
+    port: Annotated[int, typer.Option(help="Aggregator port (0: any free port).")] = 0,
+    keep: Annotated[bool, typer.Option(help="Leave everything running until Ctrl-C.")] = False,
+) -> None:
+    """Run real payments through the aggregator on a local chain with two real facilitators."""
+    from .demo import DemoError, run
+    from .testbed.chain import TestbedSetupError
+    from .testbed.process import ProcessError
+
+    console = Console()
+    try:
+        summary = run(console, payments=payments, port=port, keep=keep)
+    except (DemoError, TestbedSetupError, ProcessError) as exc:
+        console.print(f"[red]demo failed:[/red] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    print(summary, flush=True)  # one unwrapped line: scripts look for "demo ok:"
+
+
 def main() -> None:
     app()
