@@ -158,9 +158,17 @@ def demo(
     keep: Annotated[bool, typer.Option(help="Leave everything running until Ctrl-C.")] = False,
 ) -> None:
     """Run real payments through the aggregator on a local chain with two real facilitators."""
-    from .demo import DemoError, run
-    from .testbed.chain import TestbedSetupError
-    from .testbed.process import ProcessError
+    try:
+        from .demo import DemoError, run
+        from .testbed.chain import TestbedSetupError
+        from .testbed.process import ProcessError
+    except ImportError as exc:
+        err.print(
+            f"[red]demo failed:[/red] {exc}: install the test bed with "
+            "`pip install -e '.[testbed]'` and `npm ci`",
+            highlight=False,
+        )
+        raise typer.Exit(1) from None
 
     console = Console()
     try:
