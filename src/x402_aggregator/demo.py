@@ -64,6 +64,8 @@ def run(console: Console, *, payments: int = 3, port: int = 0, keep: bool = Fals
             with httpx.Client(base_url=server.url, timeout=90) as client:
                 summary = _pay(console, bed, client, payments)
             if keep:
+                bed.restart(PRIMARY)
+                console.print(f"restarted {PRIMARY}: it rejoins rotation at its next probe")
                 _wait_for_interrupt(console)
     finally:
         with console.status("tearing down"):
@@ -134,13 +136,16 @@ def _one(console: Console, bed: TestBed, client: httpx.Client, number: int) -> P
 
 
 def _wait_for_interrupt(console: Console) -> None:
-    console.print("\n--keep: everything stays up; press Ctrl-C to stop.")
     stop = threading.Event()
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # Handlers go in before the prompt, so a Ctrl-C right after it still ends the wait cleanly.
+    previous = {
+        signum: signal.signal(signum, lambda *_: stop.set())
+        for signum in (signal.SIGINT, signal.SIGTERM)
+    }
     try:
+        console.print("\n--keep: everything stays up; press Ctrl-C to stop.")
         while not stop.wait(0.5):
             pass
-    except KeyboardInterrupt:
-        pass
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

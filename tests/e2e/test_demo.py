@@ -2,21 +2,50 @@
 
 from __future__ import annotations
 
+import queue
+import signal
 import subprocess
 import sys
+import threading
+import time
+
+DEMO = [sys.executable, "-m", "x402_aggregator", "demo", "--payments", "2"]
 
 
 def test_demo_pays_fails_over_and_ends_with_demo_ok() -> None:
     """The demo settles real payments, fails over, tears down and ends with a `demo ok:` line."""
-    result = subprocess.run(
-        [sys.executable, "-m", "x402_aggregator", "demo", "--payments", "2"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = subprocess.run(DEMO, capture_output=True, text=True, timeout=120, check=False)
 
     assert result.returncode == 0, result.stdout + result.stderr
     last = result.stdout.strip().splitlines()[-1]
     assert last.startswith("demo ok: 3 payments settled, failover python -> typescript"), last
     assert "0.030000 USDC moved" in last
+
+
+def test_demo_keep_runs_until_interrupted() -> None:
+    """With --keep everything stays up until Ctrl-C, then the demo tears down and exits 0."""
+    process = subprocess.Popen(
+        [*DEMO, "--keep"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    assert process.stdout is not None
+    reader = threading.Thread(target=lambda: [lines.put(x) for x in process.stdout or ()])
+    reader.start()
+    try:
+        deadline = time.monotonic() + 90
+        seen = []
+        while not any("press Ctrl-C" in line for line in seen):
+            assert time.monotonic() < deadline, "".join(seen)
+            seen.append(lines.get(timeout=90))
+
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) == 0
+    finally:
+        process.kill()
+        process.wait(timeout=10)
+        reader.join(timeout=10)
+        process.stdout.close()
+    rest = []
+    while not lines.empty():
+        rest.append(lines.get())
+    assert rest[-1].startswith("demo ok:"), rest
