@@ -171,7 +171,7 @@ async def test_a_malformed_request_is_400_and_never_forwarded(engine_for: Engine
     assert (settled.status, settled.json()["errorReason"]) == (400, "invalid_payload")
     assert settled.json()["network"] == "n"
     assert facilitators.calls == []
-    assert engine.totals == {"verify": 1, "settle": 1}
+    assert engine.totals == {"verify": 1, "settle": 1, "hedges": 0, "failovers": 0}
 
 
 # settle
@@ -308,20 +308,20 @@ async def test_supported_reflects_the_probes_after_start(engine_for: Engines) ->
         "signers": {"solana:*": ["FeePayer111"]},
     }
     assert sorted(facilitators.called("/supported")) == ["backup", "primary"]
-    assert [u.health.state for u in engine.upstreams] == ["up", "up"]
+    assert [u.health.state()[0] for u in engine.upstreams] == ["healthy", "healthy"]
 
 
 async def test_a_down_upstream_is_left_out_of_supported(engine_for: Engines) -> None:
-    """An upstream whose probe fails is down and contributes nothing to supported()."""
+    """An upstream whose probe never answered contributes nothing to supported()."""
     facilitators = Facilitators(primary={"/supported": supported(EVM_KIND)})
     engine = engine_for(facilitators)
 
     await engine.start()
 
     assert orjson.loads(engine.supported())["kinds"] == [EVM_KIND]
-    assert [(u.name, u.health.state) for u in engine.upstreams] == [
-        ("primary", "up"),
-        ("backup", "down"),
+    assert [(u.name, u.health.probe_state) for u in engine.upstreams] == [
+        ("primary", "healthy"),
+        ("backup", "unknown"),
     ]
 
 

@@ -525,7 +525,7 @@ def test_status_reports_state_counts_and_errors_without_secrets(
     assert status["primary"]["url"] == primary.url
     assert (status["primary"]["requests"], status["primary"]["failures"]) == (1, 1)
     assert "HTTP 500" in status["primary"]["last_error"]
-    assert status["backup"]["state"] == "up"
+    assert status["backup"]["state"] == "healthy"
     assert status["backup"]["kinds"] == ["v2 exact eip155:84532", "v1 exact base-sepolia"]
     assert response.json()["totals"]["requests"]["verify"] == 1
 

@@ -5,7 +5,11 @@ The HTTP server and the in-process SDK client are thin faces over :class:`Aggreg
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
+from asyncio import FIRST_COMPLETED
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -13,10 +17,12 @@ from datetime import UTC, datetime
 import orjson
 
 from ._types import JSONObject, Operation
+from .budget import RetryBudget
 from .capabilities import merge_supported
 from .config import Config
 from .errors import RequestError
-from .health import Prober
+from .health import Prober, UpstreamHealth
+from .outlier import Clock, OutlierPolicy
 from .protocol import (
     NO_UPSTREAM_AVAILABLE,
     SETTLEMENT_OUTCOME_UNKNOWN,
@@ -25,7 +31,7 @@ from .protocol import (
     network_hint,
     parse_request,
 )
-from .routing import PriorityRouter
+from .routing import Attempt, Router
 from .transport import AiohttpTransport, Transport
 from .upstream import Outcome, Upstream
 
@@ -49,20 +55,52 @@ class Reply:
 
 
 class Aggregator:
-    """Routes verify and settle to upstreams; owns their transport and background probes."""
+    """Routes verify and settle to upstreams; owns their transport, health and probes."""
 
-    def __init__(self, config: Config, *, transport: Transport | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        transport: Transport | None = None,
+        clock: Clock = time.monotonic,
+    ) -> None:
         self.config = config
+        self._clock = clock
         self._transport = transport or AiohttpTransport()
-        upstreams = [Upstream(u, self._transport) for u in config.upstreams if u.enabled]
-        self.router = PriorityRouter(upstreams)
-        self._prober = Prober(self.router.upstreams, config.health, self._refresh_supported)
+        health, routing = config.health, config.routing
+        policy = OutlierPolicy(**health.outlier.model_dump())
+        upstreams = [
+            Upstream(
+                u,
+                self._transport,
+                UpstreamHealth(
+                    u.name,
+                    policy,
+                    unhealthy_threshold=health.unhealthy_threshold,
+                    healthy_threshold=health.healthy_threshold,
+                    clock=clock,
+                ),
+            )
+            for u in config.upstreams
+            if u.enabled
+        ]
+        self.router = Router(upstreams, routing, clock)
+        self.budget = RetryBudget(
+            routing.retry_budget_ratio,
+            routing.retry_budget_min,
+            routing.retry_budget_window_s,
+            clock,
+        )
+        self._prober = Prober(self.router.upstreams, health, self._refresh_supported)
         self._supported: bytes = orjson.dumps({"kinds": [], "extensions": [], "signers": {}})
-        self.totals: dict[str, int] = {"verify": 0, "settle": 0}
+        self.totals: dict[str, int] = {"verify": 0, "settle": 0, "hedges": 0, "failovers": 0}
 
     @property
     def upstreams(self) -> tuple[Upstream, ...]:
         return self.router.upstreams
+
+    def upstream(self, name: str) -> Upstream | None:
+        return next((up for up in self.upstreams if up.name == name), None)
 
     async def start(self) -> None:
         """Probe upstreams (up to ``health.startup_wait_s``), then keep probing in background."""
@@ -84,6 +122,16 @@ class Aggregator:
         """The merged ``/supported`` body, from cache: never waits on an upstream."""
         return self._supported
 
+    def drain(self, name: str, drained: bool) -> bool:
+        """Take an upstream out of (or back into) rotation; False if there is no such upstream."""
+        upstream = self.upstream(name)
+        if upstream is None:
+            return False
+        upstream.health.drained = drained
+        logger.warning("upstream %s %s by operator", name, "drained" if drained else "enabled")
+        self._refresh_supported()
+        return True
+
     async def _handle(self, operation: Operation, body: bytes) -> Reply:
         self.totals[operation] += 1
         try:
@@ -92,35 +140,45 @@ class Aggregator:
             reply = failure_body(operation, exc.reason, exc.message, network_hint(body))
             return Reply(exc.status, orjson.dumps(reply))
         candidates = self.router.candidates(request)
+        kind = request.kind
         if not candidates:
             reason = self.router.unsupported_reason(request)
-            kind = request.kind
             message = f"no upstream supports x402 v{kind.version} {kind.scheme} on {kind.network}"
             return Reply(200, orjson.dumps(failure_body(operation, reason, message, kind.network)))
+        plan = self.router.plan(request, operation, candidates)
+        if not plan:
+            message = "every upstream that supports this payment is drained by the operator"
+            drained = failure_body(operation, NO_UPSTREAM_AVAILABLE, message, kind.network)
+            return Reply(503, orjson.dumps(drained))
         if operation == "verify":
-            return await self._verify(request, candidates)
-        return await self._settle(request, candidates)
+            return await self._verify(request, plan)
+        return await self._settle(request, plan)
 
-    async def _verify(self, request: PaymentRequest, candidates: Sequence[Upstream]) -> Reply:
-        failed: list[Outcome] = []
-        fallback: Outcome | None = None
-        for upstream in candidates:
-            outcome = await self._call(upstream, "verify", request)
-            if outcome.kind in ("ok", "rejected"):
-                return _relay(outcome, len(failed) + 1)
-            # A rejection that says more about the upstream than the payment is kept in case
-            # no other upstream does better.
-            if fallback is None and outcome.answer is not None:
-                fallback = outcome
-            failed.append(outcome)
-        if fallback is not None:
-            return _relay(fallback, len(failed))
-        return _all_failed("verify", request, failed)
+    async def _verify(self, request: PaymentRequest, plan: Sequence[Attempt]) -> Reply:
+        self.budget.request()
+        run = _VerifyRun(self, request, plan)
+        outcome = await run.execute()
+        if outcome is not None:
+            if outcome.kind == "ok":
+                upstream = self.upstream(outcome.upstream)
+                if upstream is not None:
+                    self.router.remember(request, upstream)
+            return _relay(outcome, run.attempts)
+        return _all_failed("verify", request, run.failed, run.stopped_by)
 
-    async def _settle(self, request: PaymentRequest, candidates: Sequence[Upstream]) -> Reply:
+    async def _settle(self, request: PaymentRequest, plan: Sequence[Attempt]) -> Reply:
         failed: list[Outcome] = []
-        for upstream in candidates:
-            outcome = await self._call(upstream, "settle", request)
+        deadline = self._clock() + self.config.routing.settle_deadline_s
+        for attempt in plan:
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                return _all_failed("settle", request, failed, "the settle deadline passed")
+            claimed = self._claim(attempt, request)
+            if claimed is None:
+                continue
+            if failed:
+                self.totals["failovers"] += 1
+            outcome = await self._attempt(attempt.upstream, "settle", request, remaining, claimed)
             if outcome.kind == "retryable":  # for a settle: the request provably never arrived
                 failed.append(outcome)
                 continue
@@ -129,11 +187,33 @@ class Aggregator:
             return _relay(outcome, len(failed) + 1)
         return _all_failed("settle", request, failed)
 
-    async def _call(
-        self, upstream: Upstream, operation: Operation, request: PaymentRequest
+    def _claim(self, attempt: Attempt, request: PaymentRequest) -> bool | None:
+        """Claim an available upstream (True), or send anyway in panic mode (False).
+
+        None: the upstream became unavailable since planning (e.g. another request took its
+        half-open trial); it is skipped now and only reached through panic mode.
+        """
+        if attempt.panic:
+            return False
+        return True if attempt.upstream.health.claim(request.kind.network) else None
+
+    async def _attempt(
+        self,
+        upstream: Upstream,
+        operation: Operation,
+        request: PaymentRequest,
+        timeout_s: float,
+        claimed: bool,
     ) -> Outcome:
-        outcome = await upstream.call(operation, request)
-        upstream.health.record(outcome)
+        network = request.kind.network
+        try:
+            outcome = await upstream.call(operation, request, timeout_s=timeout_s)
+        except asyncio.CancelledError:
+            # A hedge that lost: no outcome to count, but a claimed trial must be given back.
+            if claimed:
+                upstream.health.release(network)
+            raise
+        upstream.health.record(outcome, network)
         if outcome.kind == "retryable":
             logger.warning(
                 "%s at %s failed, trying the next upstream: %s",
@@ -147,7 +227,9 @@ class Aggregator:
         with_caps = [up for up in self.upstreams if up.capabilities is not None]
         # Advertise what the live upstreams can do; if none is live, the last known view beats
         # an empty list, which would make resource servers starting now refuse every payment.
-        live = [up for up in with_caps if up.health.state != "down"] or with_caps
+        live = [
+            up for up in with_caps if up.health.probe_state != "unhealthy" and not up.health.drained
+        ] or with_caps
         merged = merge_supported(up.capabilities for up in live if up.capabilities is not None)
         self._supported = orjson.dumps(merged)
 
@@ -157,6 +239,99 @@ class Aggregator:
             "upstreams": [_upstream_status(up) for up in self.upstreams],
             "totals": {"requests": dict(self.totals)},
         }
+
+
+class _VerifyRun:
+    """One verify: failover on unusable answers, hedging when the current attempt is slow.
+
+    The first definitive answer (valid, or a rejection about the payment) wins and the other
+    attempts in flight are cancelled. Extra attempts come out of the retry budget.
+    """
+
+    def __init__(self, engine: Aggregator, request: PaymentRequest, plan: Sequence[Attempt]):
+        self.engine = engine
+        self.request = request
+        self.queue = deque(plan)
+        self.routing = engine.config.routing
+        self.deadline = engine._clock() + self.routing.verify_deadline_s
+        self.pending: dict[asyncio.Task[Outcome], Upstream] = {}
+        self.failed: list[Outcome] = []
+        self.fallback: Outcome | None = None
+        self.attempts = 0
+        self.stopped_by: str | None = None
+
+    async def execute(self) -> Outcome | None:
+        try:
+            self._launch()
+            while self.pending:
+                done, _ = await asyncio.wait(
+                    self.pending, timeout=self._hedge_delay(), return_when=FIRST_COMPLETED
+                )
+                if not done:
+                    if self._launch(hedge=True) is False:
+                        self.hedging_allowed = False
+                    continue
+                for task in done:
+                    self.pending.pop(task)
+                    outcome = task.result()
+                    if outcome.kind in ("ok", "rejected"):
+                        return outcome
+                    self.failed.append(outcome)
+                    # An upstream-side rejection is kept in case no other upstream does better.
+                    if self.fallback is None and outcome.answer is not None:
+                        self.fallback = outcome
+                if not self.pending:
+                    self._launch()
+            return self.fallback
+        finally:
+            for task in self.pending:
+                task.cancel()
+            if self.pending:
+                await asyncio.gather(*self.pending, return_exceptions=True)
+
+    hedging_allowed = True
+
+    def _hedge_delay(self) -> float | None:
+        if not (self.routing.hedge and self.hedging_allowed and self.queue):
+            return None
+        if self.routing.hedge_after_ms is not None:
+            delay_ms = self.routing.hedge_after_ms
+        else:
+            newest = next(reversed(self.pending.values()))
+            delay_ms = newest.health.adaptive_hedge_ms(self.routing.hedge_floor_ms)
+        return delay_ms / 1000
+
+    def _launch(self, *, hedge: bool = False) -> bool:
+        """Start the next attempt; False when none may start (no candidate, budget, deadline)."""
+        engine = self.engine
+        while self.queue:
+            attempt = self.queue.popleft()
+            claimed = engine._claim(attempt, self.request)
+            if claimed is None:
+                self.queue.append(Attempt(attempt.upstream, panic=True))
+                continue
+            if self.attempts and not engine.budget.try_acquire():
+                if claimed:
+                    attempt.upstream.health.release(self.request.kind.network)
+                self.stopped_by = "the retry budget is exhausted"
+                self.queue.clear()
+                return False
+            remaining = self.deadline - engine._clock()
+            if remaining <= 0:
+                if claimed:
+                    attempt.upstream.health.release(self.request.kind.network)
+                self.stopped_by = "the verify deadline passed"
+                self.queue.clear()
+                return False
+            if self.attempts:
+                engine.totals["hedges" if hedge else "failovers"] += 1
+            self.attempts += 1
+            task = asyncio.create_task(
+                engine._attempt(attempt.upstream, "verify", self.request, remaining, claimed)
+            )
+            self.pending[task] = attempt.upstream
+            return True
+        return False
 
 
 def _relay(outcome: Outcome, attempts: int) -> Reply:
@@ -181,8 +356,15 @@ def _outcome_unknown(request: PaymentRequest, outcome: Outcome, attempts: int) -
     return Reply(200, orjson.dumps(body), outcome.upstream, attempts)
 
 
-def _all_failed(operation: Operation, request: PaymentRequest, failed: Sequence[Outcome]) -> Reply:
+def _all_failed(
+    operation: Operation,
+    request: PaymentRequest,
+    failed: Sequence[Outcome],
+    stopped_by: str | None = None,
+) -> Reply:
     summary = "; ".join(f"{o.upstream}: {o.error}" for o in failed)
+    if stopped_by:
+        summary = f"{summary}; {stopped_by}" if summary else stopped_by
     logger.error("%s failed at every upstream: %s", operation, summary)
     body = failure_body(
         operation,
@@ -202,21 +384,37 @@ def _iso(timestamp: float | None) -> str | None:
 
 def _upstream_status(upstream: Upstream) -> JSONObject:
     health, caps = upstream.health, upstream.capabilities
+    state, reason = health.state()
+    breaker = health.breaker
     return {
         "name": upstream.name,
         "url": upstream.display_url,
         "priority": upstream.config.priority,
         "weight": upstream.config.weight,
-        "state": health.state,
-        "reason": health.reason,
+        "state": state,
+        "reason": reason,
+        "probe": {
+            "state": health.probe_state,
+            "consecutive_failures": health.probe_failures,
+            "consecutive_successes": health.probe_successes,
+            "last_error": health.last_probe_error,
+            "last_at": _iso(health.last_probe_at),
+        },
+        "breaker": {
+            "state": breaker.state,
+            "consecutive_failures": breaker.consecutive_failures,
+            "ejections": breaker.ejections,
+            "ejected_for_s": round(breaker.remaining_s(), 3),
+            "last_ejection_reason": breaker.last_ejection_reason,
+            "last_ejected_at": _iso(breaker.last_ejected_at),
+        },
+        "networks": health.network_status(),
         "kinds": caps.describe() if caps is not None else None,
         "signers": caps.signers if caps is not None else None,
         "extensions": list(caps.extensions) if caps is not None else None,
         "requests": health.requests,
         "failures": health.failures,
-        "consecutive_failures": health.consecutive_failures,
         "last_error": health.last_error,
         "last_error_at": _iso(health.last_error_at),
-        "last_probe_at": _iso(health.last_probe_at),
-        "last_latency_ms": health.last_latency_ms,
+        "latency_ewma_ms": health.latency_ewma_ms,
     }

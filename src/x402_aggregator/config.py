@@ -88,18 +88,57 @@ class UpstreamConfig(_Section):
 
 
 class RoutingConfig(_Section):
-    strategy: Literal["priority"] = "priority"
+    #: ``priority``: lower priority first (Envoy-like tiers); ``weighted``: smooth weighted round
+    #: robin within the best available tier; ``latency``: power of two choices on measured
+    #: latency within the best available tier.
+    strategy: Literal["priority", "weighted", "latency"] = "priority"
+    #: Ask the next candidate when a verify's first candidate is slow (never for settles).
+    hedge: bool = True
+    #: Fixed hedge delay; unset means adaptive: about the p95 of the upstream's recent verifies.
+    hedge_after_ms: float | None = Field(None, gt=0)
+    hedge_floor_ms: float = Field(50.0, gt=0)
+    #: Overall budget of one request; each attempt gets what remains.
+    verify_deadline_s: float = Field(15.0, gt=0)
+    #: Answer before the caller gives up (the Python SDK client waits 90 s).
+    settle_deadline_s: float = Field(80.0, gt=0)
+    #: Extra verify attempts (failovers, hedges) allowed: this share of recent requests...
+    retry_budget_ratio: float = Field(0.2, ge=0)
+    #: ...but at least this many per window, so a quiet service can still fail over.
+    retry_budget_min: int = Field(10, ge=0)
+    retry_budget_window_s: float = Field(10.0, gt=0)
+    #: A settle goes first to the upstream that verified the same payment this recently.
+    affinity_ttl_s: float = Field(300.0, ge=0)
+
+
+class OutlierConfig(_Section):
+    """Passive ejection from live outcomes (business rejections never count)."""
+
+    consecutive_failures: int = Field(5, ge=1)
+    failure_rate: float = Field(0.5, gt=0, le=1)
+    window: int = Field(20, ge=1)
+    min_requests: int = Field(10, ge=1)
+    base_ejection_s: float = Field(30.0, gt=0)
+    max_ejection_s: float = Field(300.0, gt=0)
 
 
 class HealthConfig(_Section):
-    #: How often each upstream's /supported is fetched to refresh its capabilities.
+    #: How often each upstream's /supported is probed (±10 % jitter); it also refreshes kinds.
     interval_s: float = Field(30.0, gt=0)
-    #: Retry interval while an upstream's capabilities are still unknown.
+    #: First retry interval while an upstream's probes fail (doubles up to ``interval_s``).
     unknown_retry_s: float = Field(2.0, gt=0)
     #: Budget of one /supported probe.
     timeout_s: float = Field(5.0, gt=0)
     #: How long start-up waits for the first round of probes before serving anyway.
     startup_wait_s: float = Field(5.0, ge=0)
+    #: Consecutive failed probes that make an upstream unhealthy, and good ones that cure it.
+    unhealthy_threshold: int = Field(3, ge=1)
+    healthy_threshold: int = Field(2, ge=1)
+    outlier: OutlierConfig = OutlierConfig()
+
+
+class AdminConfig(_Section):
+    #: Environment variable holding the admin bearer token; without it the admin API is off.
+    token_env: str | None = None
 
 
 # Public facilitators that need no account. x402.org is listed under its canonical www host: the
@@ -123,6 +162,7 @@ class Config(BaseSettings):
     upstreams: list[UpstreamConfig] = Field(min_length=1)
     routing: RoutingConfig = RoutingConfig()
     health: HealthConfig = HealthConfig()
+    admin: AdminConfig = AdminConfig()
 
     @classmethod
     def settings_customise_sources(

@@ -1,7 +1,10 @@
-"""What we know about each upstream's health, and the probe that keeps its capabilities fresh.
+"""What we know about each upstream: active probes, passive breakers, operator drains.
 
-This is the first cut: state from probes and consecutive live failures. Outlier ejection,
-circuit breakers and per-network health build on :class:`UpstreamHealth`.
+An upstream is *available* for a payment on a network when the operator has not drained it,
+its ``/supported`` probes have not marked it unhealthy (N failures in a row; M successes bring
+it back, HAProxy's 3/2 by default), and neither its own breaker nor its breaker for that network
+is open (see :mod:`.outlier`). Health per network matters because a facilitator's ``/supported``
+over-claims: one whose RPC for a chain is broken must not lose the chains it serves well.
 """
 
 from __future__ import annotations
@@ -9,80 +12,183 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import statistics
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
+from ._types import JSONObject
 from .config import HealthConfig
 from .errors import TransportError
+from .outlier import Breaker, Clock, OutlierPolicy
 
 if TYPE_CHECKING:
     from .upstream import Outcome, Upstream
 
 logger = logging.getLogger("x402_aggregator.health")
 
-State = Literal["unknown", "up", "down"]
-#: Consecutive calls without a usable answer after which an upstream is reported down.
-DOWN_AFTER_FAILURES = 3
+ProbeState = Literal["unknown", "healthy", "unhealthy"]
+#: Verify latencies kept per upstream for the latency strategy and adaptive hedging.
+LATENCY_SAMPLES = 100
+EWMA_ALPHA = 0.3
 
 
 @dataclass(slots=True)
 class UpstreamHealth:
-    """Counters and state of one upstream; mutated only on the event loop."""
+    """Health of one upstream; mutated only on the event loop."""
 
     name: str
-    state: State = "unknown"
-    reason: str = "not probed yet"
+    policy: OutlierPolicy = field(default_factory=OutlierPolicy)
+    unhealthy_threshold: int = 3
+    healthy_threshold: int = 2
+    clock: Clock = time.monotonic
+    probe_state: ProbeState = "unknown"
+    probe_successes: int = 0
+    probe_failures: int = 0
+    last_probe_error: str | None = None
+    drained: bool = False
     requests: int = 0
     failures: int = 0
-    consecutive_failures: int = 0
     last_error: str | None = None
     last_error_at: float | None = None
     last_probe_at: float | None = None
-    last_latency_ms: float | None = None
-    probe_failures: int = field(default=0, repr=False)
+    latency_ewma_ms: float | None = None
+    breaker: Breaker = field(init=False)
+    networks: dict[str, Breaker] = field(default_factory=dict)
+    _verify_latencies: deque[float] = field(
+        default_factory=lambda: deque(maxlen=LATENCY_SAMPLES), repr=False
+    )
 
-    def record(self, outcome: Outcome) -> None:
-        """Count a live verify/settle outcome."""
+    def __post_init__(self) -> None:
+        self.breaker = Breaker(self.policy, self.clock)
+
+    def network(self, network: str) -> Breaker:
+        breaker = self.networks.get(network)
+        if breaker is None:
+            breaker = self.networks[network] = Breaker(self.policy, self.clock)
+        return breaker
+
+    def available(self, network: str) -> bool:
+        """May this upstream take a payment on ``network`` now (without claiming a trial)?"""
+        return (
+            not self.drained
+            and self.probe_state != "unhealthy"
+            and self.breaker.allows()
+            and self.network(network).allows()
+        )
+
+    def claim(self, network: str) -> bool:
+        """Take the right to send one request; only one caller gets a half-open trial."""
+        if not self.available(network):
+            return False
+        if not self.breaker.claim():
+            return False
+        if not self.network(network).claim():
+            self.breaker.release()
+            return False
+        return True
+
+    def release(self, network: str) -> None:
+        """Return a claim whose request ended without an outcome (a cancelled hedge)."""
+        self.breaker.release()
+        self.network(network).release()
+
+    def record(self, outcome: Outcome, network: str) -> None:
+        """Count a live outcome into both breakers, the counters and the latency stats."""
         self.requests += 1
-        self.last_latency_ms = outcome.elapsed_s * 1000
-        if outcome.kind in ("ok", "rejected"):
-            self.consecutive_failures = 0
-            if self.state != "up":
-                self._set("up", "answering requests")
-            return
-        self.failures += 1
-        self.consecutive_failures += 1
-        self._error(outcome.error or outcome.kind)
-        if self.consecutive_failures >= DOWN_AFTER_FAILURES and self.state != "down":
-            self._set("down", f"{self.consecutive_failures} consecutive failed calls")
+        # An answer about the payment (settlement_pending included) is a success for both
+        # breakers. An upstream-side rejection ("network not served") under a non-5xx status
+        # says the process is fine but that network is not: it counts against the network only.
+        # A refused connection says the process is down, and nothing about any network.
+        answered = outcome.answer is not None
+        definitive = outcome.kind in ("ok", "rejected") or (
+            outcome.kind == "ambiguous" and answered
+        )
+        process_ok = definitive or (answered and (outcome.status or 0) < 500)
+        reason = outcome.error or ""
+        if definitive:
+            self._latency(outcome.elapsed_s * 1000, outcome)
+        else:
+            self.failures += 1
+            self.last_error, self.last_error_at = reason or outcome.kind, time.time()
+        self.breaker.record(process_ok, reason)
+        if not outcome.never_arrived:
+            self.network(network).record(definitive, reason)
 
     def record_probe(self, error: str | None) -> None:
         """Count a ``/supported`` probe; ``error`` is None when it succeeded."""
         self.last_probe_at = time.time()
         if error is None:
-            self.probe_failures = self.consecutive_failures = 0
-            self._set("up", "probe succeeded")
+            self.probe_failures, self.probe_successes = 0, self.probe_successes + 1
+            if self.probe_state == "unknown" or (
+                self.probe_state == "unhealthy" and self.probe_successes >= self.healthy_threshold
+            ):
+                self._set_probe_state("healthy", "probes succeed")
+            for breaker in (self.breaker, *self.networks.values()):
+                breaker.probe_succeeded()
             return
-        self.probe_failures += 1
-        self._error(error)
-        self._set("down", f"probe failed: {error}")
-
-    def _error(self, error: str) -> None:
+        self.probe_successes, self.probe_failures = 0, self.probe_failures + 1
+        self.last_probe_error = error
         self.last_error, self.last_error_at = error, time.time()
+        if self.probe_state != "unhealthy" and self.probe_failures >= self.unhealthy_threshold:
+            self._set_probe_state("unhealthy", f"{self.probe_failures} probes failed: {error}")
 
-    def _set(self, state: State, reason: str) -> None:
-        if state != self.state:
-            logger.log(
-                logging.INFO if state == "up" else logging.WARNING,
-                "upstream %s: %s -> %s: %s",
-                self.name,
-                self.state,
-                state,
-                reason,
-            )
-        self.state, self.reason = state, reason
+    def adaptive_hedge_ms(self, floor_ms: float) -> float:
+        """About the p95 of recent verify latencies, never below ``floor_ms``."""
+        samples = self._verify_latencies
+        if len(samples) < 10:
+            return max(floor_ms, 2 * (self.latency_ewma_ms or floor_ms))
+        p95 = statistics.quantiles(samples, n=20)[18]
+        return max(floor_ms, p95)
+
+    def state(self) -> tuple[str, str]:
+        """(state, reason) for /status: drained, unhealthy, ejected, half_open, healthy, unknown."""
+        if self.drained:
+            return "drained", "drained by operator"
+        if self.probe_state == "unhealthy":
+            return "unhealthy", f"{self.probe_failures} probes failed: {self.last_probe_error}"
+        if self.breaker.allows() and self.breaker.state == "half_open":
+            return "half_open", "the next request is a trial"
+        if self.breaker.state == "open":
+            return "ejected", str(self.breaker.last_ejection_reason)
+        if self.probe_state == "unknown" and not self.requests:
+            return "unknown", "not probed yet"
+        return "healthy", "answering"
+
+    def network_status(self) -> JSONObject:
+        return {
+            network: {
+                "state": "ejected" if b.state == "open" else b.state,
+                "consecutive_failures": b.consecutive_failures,
+                "ejections": b.ejections,
+                "ejected_for_s": round(b.remaining_s(), 3),
+                "last_ejection_reason": b.last_ejection_reason,
+            }
+            for network, b in sorted(self.networks.items())
+        }
+
+    def _latency(self, elapsed_ms: float, outcome: Outcome) -> None:
+        previous = self.latency_ewma_ms
+        self.latency_ewma_ms = (
+            elapsed_ms
+            if previous is None
+            else EWMA_ALPHA * elapsed_ms + (1 - EWMA_ALPHA) * previous
+        )
+        if outcome.operation == "verify":
+            self._verify_latencies.append(elapsed_ms)
+
+    def _set_probe_state(self, state: ProbeState, reason: str) -> None:
+        logger.log(
+            logging.INFO if state == "healthy" else logging.WARNING,
+            "upstream %s: %s -> %s: %s",
+            self.name,
+            self.probe_state,
+            state,
+            reason,
+        )
+        self.probe_state = state
 
 
 class Prober:

@@ -6,6 +6,7 @@ fields the SDK models do not know (Solana payloads, ``upto``, extensions) pass t
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,6 +68,8 @@ class PaymentRequest:
     #: Address that must sign for this payment (Solana ``feePayer``, ``upto`` facilitator), if any.
     bound_signer: str | None = None
     payer: str | None = None
+    #: Stable identity of the signed payment (see :func:`payment_identity`).
+    identity: str = ""
 
 
 def parse_request(body: bytes, operation: Operation) -> PaymentRequest:
@@ -101,6 +104,7 @@ def parse_request(body: bytes, operation: Operation) -> PaymentRequest:
         body=body,
         bound_signer=bound if isinstance(bound, str) else None,
         payer=_payer(payload),
+        identity=payment_identity(kind.network, requirements, payload),
     )
 
 
@@ -129,6 +133,25 @@ def _validate(model: type[BaseModel], data: JSONObject, reason: str, where: str)
             for e in exc.errors(include_url=False, include_input=False)[:5]
         )
         raise RequestError(reason, problems) from None
+
+
+def payment_identity(network: str, requirements: JSONObject, payload: JSONObject) -> str:
+    """What makes this payment unique: the EVM authorization nonce, else the payload's hash.
+
+    An EIP-3009 or Permit2 nonce can be used once per payer and token, so (network, asset,
+    payer, nonce) names the payment whatever envelope it travels in.
+    """
+    inner = payload.get("payload")
+    if isinstance(inner, dict):
+        for field_name in ("authorization", "permit2Authorization"):
+            auth = inner.get(field_name)
+            if isinstance(auth, dict) and isinstance(auth.get("from"), str):
+                nonce = auth.get("nonce")
+                asset = requirements.get("asset")
+                return f"{network}|{asset}|{auth['from']}|{nonce}".lower()
+    return (
+        "sha256:" + hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    )
 
 
 def _payer(payload: JSONObject) -> str | None:

@@ -61,12 +61,17 @@ class Outcome:
     #: What went wrong, safe to show (no secrets, no payload).
     error: str | None = None
     extension_responses: str | None = field(default=None, repr=False)
+    operation: Operation = "verify"
+    #: The request provably never reached the upstream (refused, connect timeout).
+    never_arrived: bool = False
 
 
 class Upstream:
     """A facilitator we forward to: configuration, credentials and last known capabilities."""
 
-    def __init__(self, config: UpstreamConfig, transport: Transport) -> None:
+    def __init__(
+        self, config: UpstreamConfig, transport: Transport, health: UpstreamHealth | None = None
+    ) -> None:
         self.config = config
         self.name = config.name
         self._transport = transport
@@ -79,7 +84,7 @@ class Upstream:
             **auth_headers(config),
         }
         self.capabilities: Capabilities | None = None
-        self.health = UpstreamHealth(config.name)
+        self.health = health or UpstreamHealth(config.name)
 
     def __repr__(self) -> str:
         return f"Upstream(name={self.name!r}, url={self.display_url!r})"
@@ -89,15 +94,23 @@ class Upstream:
         """The base URL; safe for logs and status pages, as config refuses credentials in it."""
         return self._base
 
-    async def call(self, operation: Operation, request: PaymentRequest) -> Outcome:
-        """Send a verify or settle and classify what came back."""
+    async def call(
+        self, operation: Operation, request: PaymentRequest, *, timeout_s: float | None = None
+    ) -> Outcome:
+        """Send a verify or settle and classify what came back.
+
+        ``timeout_s`` shortens the configured budget, e.g. to what is left of a deadline.
+        """
         settle = operation == "settle"
+        budget = self.config.settle_timeout if settle else self.config.timeout_s
+        if timeout_s is not None:
+            budget = min(budget, timeout_s)
         outgoing = UpstreamRequest(
             method="POST",
             url=f"{self._base}/{operation}",
             headers=self._headers,
             body=request.body,
-            timeout_s=self.config.settle_timeout if settle else self.config.timeout_s,
+            timeout_s=budget,
             connect_timeout_s=self.config.connect_timeout_s,
             fresh_connection=settle,
         )
@@ -108,7 +121,14 @@ class Upstream:
             elapsed = time.perf_counter() - started
             # For a settle, "retryable" means exactly this: the request never reached the upstream.
             kind: OutcomeKind = "retryable" if exc.never_arrived or not settle else "ambiguous"
-            return Outcome(kind, self.name, elapsed, error=str(exc))
+            return Outcome(
+                kind,
+                self.name,
+                elapsed,
+                error=str(exc),
+                operation=operation,
+                never_arrived=exc.never_arrived,
+            )
         elapsed = time.perf_counter() - started
         return _classify(operation, self.name, response, request.kind.network, elapsed)
 
@@ -145,17 +165,17 @@ def _classify(
     if answer is None:
         kind: OutcomeKind = "ambiguous" if operation == "settle" else "retryable"
         error = _describe_unusable(status, response)
-        return Outcome(kind, name, elapsed, status, error=error)
+        return Outcome(kind, name, elapsed, status, error=error, operation=operation)
     kind = _kind_of(operation, status, answer)
     if kind in ("ok", "rejected"):
         raw = response.body if answer is decoded and status == 200 else None
-        return Outcome(kind, name, elapsed, status, answer, raw, None, extensions)
+        return Outcome(kind, name, elapsed, status, answer, raw, None, extensions, operation)
     error = f"HTTP {status}: {reason_of(operation, answer) or 'no reason'}"
     if kind == "ambiguous" and reason_of(operation, answer) != SETTLEMENT_PENDING:
         # A failure body with a 5xx/402 status cannot be trusted to mean "nothing happened":
         # keep its reason for the record, but do not let it pass for a definitive answer.
-        return Outcome(kind, name, elapsed, status, error=error)
-    return Outcome(kind, name, elapsed, status, answer, None, error, extensions)
+        return Outcome(kind, name, elapsed, status, error=error, operation=operation)
+    return Outcome(kind, name, elapsed, status, answer, None, error, extensions, operation)
 
 
 def _kind_of(operation: Operation, status: int, answer: JSONObject) -> OutcomeKind:
