@@ -564,7 +564,7 @@ def test_concurrent_verifies_share_the_pool(
     import concurrent.futures
 
     primary = fakes("primary", latency_s=0.02)
-    agg = aggregator(primary, fakes("backup"))
+    agg = aggregator(primary, fakes("backup"), routing={"hedge": False})
 
     def one(_: int) -> str:
         with httpx.Client(base_url=agg.url, timeout=10) as client:
