@@ -18,6 +18,7 @@ from rich.table import Table
 from . import __version__
 from .config import CONFIG_ENV, Config, load_config
 from .errors import ConfigError, TransportError
+from .server import check_secrets
 from .transport import AiohttpTransport
 from .upstream import Upstream
 
@@ -85,6 +86,11 @@ def serve(
         # Worker processes rebuild the configuration from the environment.
         os.environ[CONFIG_ENV] = str(config)
     settings = _load(config)
+    try:
+        check_secrets(settings)
+    except ConfigError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(STARTUP_FAILURE) from None
     level = settings.server.log_level
     logging.basicConfig(
         level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -5,7 +5,9 @@ Starlette on uvicorn; every answer is JSON, every error x402-shaped, no tracebac
 
 from __future__ import annotations
 
+import hmac
 import logging
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -19,8 +21,9 @@ from starlette.routing import Route
 from . import __version__
 from ._types import JSONObject, Operation
 from .aggregator import Aggregator, Reply
+from .auth import auth_headers
 from .config import Config
-from .errors import RequestError
+from .errors import ConfigError, RequestError
 from .protocol import (
     INVALID_PAYLOAD,
     REQUEST_TOO_LARGE,
@@ -76,12 +79,42 @@ def create_app(config: Config | None = None, *, aggregator: Aggregator | None = 
     async def healthz(request: Request) -> Response:
         return _json(200, {"status": "ok"})
 
+    admin_token = _admin_token(engine.config)
+
+    def admin_endpoint(drain: bool) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            return _admin(request, drain)
+
+        return endpoint
+
+    def _admin(request: Request, drain: bool) -> Response:
+        """Drain an upstream (no new traffic) or enable it again; needs the admin token."""
+        if admin_token is None:
+            return _json(404, {"error": "the admin API is off: set admin.token_env"})
+        supplied = request.headers.get("authorization", "")
+        if not hmac.compare_digest(supplied.encode(), f"Bearer {admin_token}".encode()):
+            return Response(
+                orjson.dumps({"error": "a valid admin bearer token is required"}),
+                401,
+                {"WWW-Authenticate": "Bearer"},
+                media_type="application/json",
+            )
+        name = request.path_params["name"]
+        if not engine.drain(name, drained=drain):
+            return _json(404, {"error": f"no upstream named {name!r}"})
+        upstream = engine.upstream(name)
+        assert upstream is not None
+        state, reason = upstream.health.state()
+        return _json(200, {"name": name, "state": state, "reason": reason})
+
     routes = [
         Route("/verify", payment_endpoint("verify"), methods=["POST"]),
         Route("/settle", payment_endpoint("settle"), methods=["POST"]),
         Route("/supported", supported, methods=["GET"]),
         Route("/status", status, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
+        Route("/admin/upstreams/{name}/drain", admin_endpoint(True), methods=["POST"]),
+        Route("/admin/upstreams/{name}/enable", admin_endpoint(False), methods=["POST"]),
     ]
     app = Starlette(
         routes=routes,
@@ -110,6 +143,27 @@ async def _read_body(request: Request, limit: int) -> bytes:
             INVALID_PAYLOAD, "the client disconnected before sending the whole body"
         ) from None
     return b"".join(chunks)
+
+
+def _admin_token(config: Config) -> str | None:
+    """The admin bearer token, read once at start; None turns the admin API off."""
+    variable = config.admin.token_env
+    if variable is None:
+        return None
+    token = os.environ.get(variable, "")
+    if not token:
+        raise ConfigError(
+            f"admin.token_env names environment variable {variable}, which is not set"
+        )
+    return token
+
+
+def check_secrets(config: Config) -> None:
+    """Fail now, not in a worker, if a secret the configuration names is not set."""
+    _admin_token(config)
+    for upstream in config.upstreams:
+        if upstream.enabled:
+            auth_headers(upstream)
 
 
 def _too_large(limit: int) -> str:
