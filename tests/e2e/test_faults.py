@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from x402_aggregator.testbed.network import TestBed
 
 from .conftest import AggregatorClient
@@ -70,3 +72,32 @@ def test_a_stalled_chain_gives_settlement_pending_then_the_same_transaction(
     assert retried.json()["success"] is True, retried.text
     assert retried.json()["transaction"] == answer["transaction"]
     assert testbed.balances()["payer"] == before["payer"] - AMOUNT
+
+
+def test_a_killed_facilitator_comes_back_into_rotation(
+    testbed: TestBed, through: AggregatorClient
+) -> None:
+    """Killed, traffic moves to the backup; restarted, the same aggregator routes to it again."""
+    client = through("python", "typescript")
+    testbed.kill("python")
+    try:
+        during = testbed.payer.pay(testbed.pay_to, AMOUNT)
+        moved = client.post("/settle", json=during.body)
+    finally:
+        testbed.restart("python")
+    restarted = time.monotonic()
+
+    while True:
+        payment = testbed.payer.pay(testbed.pay_to, AMOUNT)
+        response = client.post("/verify", json=payment.body)
+        if response.headers["X-Aggregator-Upstream"] == "python":
+            break
+        assert time.monotonic() - restarted < 15, client.get("/status").json()
+        time.sleep(0.2)
+    settled = client.post("/settle", json=payment.body)
+
+    assert moved.headers["X-Aggregator-Upstream"] == "typescript"
+    assert moved.json()["success"] is True
+    assert settled.headers["X-Aggregator-Upstream"] == "python"
+    assert settled.json()["success"] is True
+    assert testbed.chain.authorization_used(payment.payer, payment.nonce)
