@@ -254,7 +254,9 @@ class _VerifyRun:
         self.queue = deque(plan)
         self.routing = engine.config.routing
         self.deadline = engine._clock() + self.routing.verify_deadline_s
-        self.pending: dict[asyncio.Task[Outcome], Upstream] = {}
+        #: Attempts in flight, with when each started.
+        self.pending: dict[asyncio.Task[Outcome], tuple[Upstream, float]] = {}
+        self.hedging_allowed = True
         self.failed: list[Outcome] = []
         self.fallback: Outcome | None = None
         self.attempts = 0
@@ -272,9 +274,10 @@ class _VerifyRun:
                         self.hedging_allowed = False
                     continue
                 for task in done:
-                    self.pending.pop(task)
+                    _, started = self.pending.pop(task)
                     outcome = task.result()
                     if outcome.kind in ("ok", "rejected"):
+                        self._overtaken(started)
                         return outcome
                     self.failed.append(outcome)
                     # An upstream-side rejection is kept in case no other upstream does better.
@@ -289,7 +292,27 @@ class _VerifyRun:
             if self.pending:
                 await asyncio.gather(*self.pending, return_exceptions=True)
 
-    hedging_allowed = True
+    def _overtaken(self, winner_started: float) -> None:
+        """Count attempts that started before the winner and still had no answer as failures.
+
+        Otherwise a hung upstream whose calls are always cancelled by hedges would never be
+        ejected, and every request would keep paying the hedge delay.
+        """
+        now = time.perf_counter()
+        network = self.request.kind.network
+        for upstream, started in list(self.pending.values()):
+            if started < winner_started:
+                waited_ms = (now - started) * 1000
+                upstream.health.record(
+                    Outcome(
+                        "retryable",
+                        upstream.name,
+                        now - started,
+                        error=f"no answer after {waited_ms:.0f} ms, when a hedge had already won",
+                        operation="verify",
+                    ),
+                    network,
+                )
 
     def _hedge_delay(self) -> float | None:
         if not (self.routing.hedge and self.hedging_allowed and self.queue):
@@ -297,7 +320,7 @@ class _VerifyRun:
         if self.routing.hedge_after_ms is not None:
             delay_ms = self.routing.hedge_after_ms
         else:
-            newest = next(reversed(self.pending.values()))
+            newest, _ = next(reversed(self.pending.values()))
             delay_ms = newest.health.adaptive_hedge_ms(self.routing.hedge_floor_ms)
         return delay_ms / 1000
 
@@ -329,7 +352,7 @@ class _VerifyRun:
             task = asyncio.create_task(
                 engine._attempt(attempt.upstream, "verify", self.request, remaining, claimed)
             )
-            self.pending[task] = attempt.upstream
+            self.pending[task] = (attempt.upstream, time.perf_counter())
             return True
         return False
 

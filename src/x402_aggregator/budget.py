@@ -37,7 +37,7 @@ class RetryBudget:
     def try_acquire(self) -> bool:
         """Take one extra attempt if the budget allows it."""
         bucket = self._bucket()
-        if self._retries >= max(self._minimum, self._ratio * self._requests):
+        if self._retries + 1 > max(self._minimum, self._ratio * self._requests):
             return False
         bucket[2] += 1
         self._retries += 1

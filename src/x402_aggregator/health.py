@@ -106,15 +106,20 @@ class UpstreamHealth:
         definitive = outcome.kind in ("ok", "rejected") or (
             outcome.kind == "ambiguous" and answered
         )
-        process_ok = definitive or (answered and (outcome.status or 0) < 500)
+        status = outcome.status or 0
+        # Refused us (credentials, quota): about the upstream, not about any network.
+        refused_us = status in (401, 403, 407, 429)
+        soft = answered and not definitive and status < 500 and not refused_us
         reason = outcome.error or ""
         if definitive:
             self._latency(outcome.elapsed_s * 1000, outcome)
         else:
             self.failures += 1
             self.last_error, self.last_error_at = reason or outcome.kind, time.time()
-        self.breaker.record(process_ok, reason)
-        if not outcome.never_arrived:
+        self.breaker.record(definitive or soft, reason)
+        if outcome.never_arrived or refused_us:
+            self.network(network).release()  # a claimed trial must not stay taken
+        else:
             self.network(network).record(definitive, reason)
 
     def record_probe(self, error: str | None) -> None:
@@ -139,7 +144,8 @@ class UpstreamHealth:
         """About the p95 of recent verify latencies, never below ``floor_ms``."""
         samples = self._verify_latencies
         if len(samples) < 10:
-            return max(floor_ms, 2 * (self.latency_ewma_ms or floor_ms))
+            ewma = self.latency_ewma_ms
+            return max(floor_ms, 2 * ewma) if ewma is not None else floor_ms
         p95 = statistics.quantiles(samples, n=20)[18]
         return max(floor_ms, p95)
 
@@ -149,9 +155,10 @@ class UpstreamHealth:
             return "drained", "drained by operator"
         if self.probe_state == "unhealthy":
             return "unhealthy", f"{self.probe_failures} probes failed: {self.last_probe_error}"
-        if self.breaker.allows() and self.breaker.state == "half_open":
-            return "half_open", "the next request is a trial"
-        if self.breaker.state == "open":
+        state = self.breaker.current_state()
+        if state == "half_open":
+            return "half_open", "ejection over: the next request is a trial"
+        if state == "open":
             return "ejected", str(self.breaker.last_ejection_reason)
         if self.probe_state == "unknown" and not self.requests:
             return "unknown", "not probed yet"
@@ -160,7 +167,7 @@ class UpstreamHealth:
     def network_status(self) -> JSONObject:
         return {
             network: {
-                "state": "ejected" if b.state == "open" else b.state,
+                "state": "ejected" if b.current_state() == "open" else b.state,
                 "consecutive_failures": b.consecutive_failures,
                 "ejections": b.ejections,
                 "ejected_for_s": round(b.remaining_s(), 3),
@@ -170,14 +177,17 @@ class UpstreamHealth:
         }
 
     def _latency(self, elapsed_ms: float, outcome: Outcome) -> None:
+        # Only verifies: a settle's time is mostly the chain's, and would make an upstream
+        # that settles a lot look slow to the latency strategy and the hedge delay.
+        if outcome.operation != "verify":
+            return
         previous = self.latency_ewma_ms
         self.latency_ewma_ms = (
             elapsed_ms
             if previous is None
             else EWMA_ALPHA * elapsed_ms + (1 - EWMA_ALPHA) * previous
         )
-        if outcome.operation == "verify":
-            self._verify_latencies.append(elapsed_ms)
+        self._verify_latencies.append(elapsed_ms)
 
     def _set_probe_state(self, state: ProbeState, reason: str) -> None:
         logger.log(

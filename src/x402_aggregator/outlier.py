@@ -87,6 +87,11 @@ class Breaker:
         if self.state == "open":
             self.state = "half_open"
 
+    def current_state(self) -> BreakerState:
+        """The state now (an expired ejection reads as half-open)."""
+        self._refresh()
+        return self.state
+
     def remaining_s(self) -> float:
         return max(0.0, self.ejected_until - self.clock()) if self.state == "open" else 0.0
 
@@ -119,3 +124,5 @@ class Breaker:
     def _close(self) -> None:
         self.state, self.consecutive_failures = "closed", 0
         self._closed_at = self.clock()
+        # Failures seen while ejected (panic-mode calls) must not re-eject the upstream at once.
+        self._recent.clear()

@@ -129,7 +129,12 @@ class Router:
         network = request.kind.network
         usable = [up for up in candidates if not up.health.drained]
         available = [up for up in usable if up.health.available(network)]
-        ordered = self.strategy.order(available)
+        # The strategy balances upstreams known to support the kind; unknown ones stay last.
+        known = [up for up in available if up.capabilities is not None]
+        ordered = [
+            *self.strategy.order(known),
+            *(up for up in available if up.capabilities is None),
+        ]
         if operation == "settle":
             ordered = self._affine_first(request, ordered)
         panic = [Attempt(up, panic=True) for up in usable if up not in available]
