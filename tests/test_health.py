@@ -185,11 +185,18 @@ OUTCOMES: list[tuple[str, Outcome, int, int]] = [
     ("rejected", rejected(), COUNTED_SUCCESS, COUNTED_SUCCESS),
     ("settle-ok", ok(operation="settle"), COUNTED_SUCCESS, COUNTED_SUCCESS),
     ("connect-failure", connect_failure(), COUNTED_FAILURE, NOT_COUNTED),
-    ("read-timeout", read_timeout(), COUNTED_FAILURE, COUNTED_FAILURE),
-    ("5xx-garbage", garbage(502), COUNTED_FAILURE, COUNTED_FAILURE),
-    ("200-garbage", garbage(200), COUNTED_FAILURE, COUNTED_FAILURE),
+    # Timeouts, 5xx and garbage may concern one chain only: they count against the network.
+    ("read-timeout", read_timeout(), NOT_COUNTED, COUNTED_FAILURE),
+    ("5xx-garbage", garbage(502), NOT_COUNTED, COUNTED_FAILURE),
+    ("200-garbage", garbage(200), NOT_COUNTED, COUNTED_FAILURE),
     ("soft-rejection", soft_rejection(), COUNTED_SUCCESS, COUNTED_FAILURE),
-    ("5xx-answer", server_error_answer(), COUNTED_FAILURE, COUNTED_FAILURE),
+    ("5xx-answer", server_error_answer(), NOT_COUNTED, COUNTED_FAILURE),
+    (
+        "refused-us",
+        Outcome("retryable", "up", 0.01, 401, {"isValid": False}, error="HTTP 401"),
+        COUNTED_FAILURE,
+        NOT_COUNTED,
+    ),
     ("settlement-pending", settlement_pending(), COUNTED_SUCCESS, COUNTED_SUCCESS),
 ]
 
@@ -396,11 +403,13 @@ def test_state_half_open(health: UpstreamHealth, clock: FakeClock) -> None:
     assert health.state() == ("half_open", "ejection over: the next request is a trial")
 
 
-def test_state_ignores_network_breakers(health: UpstreamHealth) -> None:
-    """An ejected network does not make the whole upstream look ejected."""
+def test_state_is_degraded_when_only_a_network_is_ejected(health: UpstreamHealth) -> None:
+    """An ejected network makes the upstream degraded, not ejected, and names the network."""
     health.record_probe(None)
     eject_network(health, A)
-    assert health.state() == ("healthy", "answering")
+    state, reason = health.state()
+    assert state == "degraded"
+    assert reason.startswith(f"ejected on {A}: ")
     assert health.network_status()[A]["state"] == "ejected"
 
 

@@ -59,9 +59,9 @@ def test_without_hedging_ejection_bounds_the_cost_of_a_hung_primary(
     assert all(r.json()["isValid"] for r in responses)
     assert primary.calls["verify"] == 3
     assert elapsed < 3 * 0.5 + 1.0, f"{elapsed:.2f} s for 10 verifies"
-    status = state_of(agg, "primary")
-    assert status["state"] == "ejected"
-    assert "3 consecutive failures" in status["reason"]
+    network = state_of(agg, "primary")["networks"]["eip155:84532"]
+    assert network["state"] == "ejected"
+    assert "3 consecutive failures" in network["last_ejection_reason"]
 
 
 def test_an_ejected_upstream_is_back_within_five_seconds_of_recovering(
@@ -101,7 +101,9 @@ def test_panic_mode_tries_ejected_upstreams_rather_than_refusing(
     primary.set("verify", Mode.HTTP500)
     backup.set("verify", Mode.HTTP500)
     timed_verifies(agg, 3)
-    assert [state_of(agg, n)["state"] for n in ("primary", "backup")] == ["ejected", "ejected"]
+    assert [
+        state_of(agg, name)["networks"]["eip155:84532"]["state"] for name in ("primary", "backup")
+    ] == ["ejected", "ejected"]
 
     primary.set("verify", Mode.OK)
     response = agg.post("/verify", v2_body())
@@ -274,3 +276,33 @@ def test_the_admin_api_is_off_without_a_token(
 
     assert response.status_code == 404
     assert agg.post("/verify", v2_body()).headers["X-Aggregator-Upstream"] == "primary"
+
+
+def test_a_broken_network_is_ejected_without_losing_the_healthy_ones(
+    fakes: FakeFactory, aggregator: AggregatorFactory
+) -> None:
+    """An upstream failing only on one chain is ejected for that chain and keeps the others."""
+    kinds = [
+        {"x402Version": 2, "scheme": "exact", "network": "eip155:84532"},
+        {"x402Version": 2, "scheme": "exact", "network": "eip155:8453"},
+    ]
+    primary, backup = fakes("primary", kinds=kinds), fakes("backup", kinds=kinds)
+    agg = aggregator(
+        upstream_entry(primary, 0, timeout_s=0.3),
+        upstream_entry(backup, 1),
+        routing={"hedge": False},
+        health={"outlier": {"consecutive_failures": 2, "base_ejection_s": 60}},
+    )
+    primary.set("verify", Mode.HANG, network="eip155:8453")
+
+    broken = [agg.post("/verify", v2_body(network="eip155:8453")) for _ in range(4)]
+    healthy = [agg.post("/verify", v2_body(network="eip155:84532")) for _ in range(3)]
+
+    assert all(r.json()["isValid"] for r in broken + healthy)
+    assert [r.headers["X-Aggregator-Upstream"] for r in healthy] == ["primary"] * 3
+    assert primary.calls["verify"] == 2 + 3  # two timeouts on 8453, then only 84532 traffic
+    status = state_of(agg, "primary")
+    assert status["state"] == "degraded"
+    assert status["reason"].startswith("ejected on eip155:8453: ejected after 2 consecutive")
+    assert status["networks"]["eip155:8453"]["state"] == "ejected"
+    assert status["networks"]["eip155:84532"]["state"] == "closed"

@@ -98,29 +98,31 @@ class UpstreamHealth:
     def record(self, outcome: Outcome, network: str) -> None:
         """Count a live outcome into both breakers, the counters and the latency stats."""
         self.requests += 1
-        # An answer about the payment (settlement_pending included) is a success for both
-        # breakers. An upstream-side rejection ("network not served") under a non-5xx status
-        # says the process is fine but that network is not: it counts against the network only.
-        # A refused connection says the process is down, and nothing about any network.
         answered = outcome.answer is not None
         definitive = outcome.kind in ("ok", "rejected") or (
             outcome.kind == "ambiguous" and answered
         )
         status = outcome.status or 0
-        # Refused us (credentials, quota): about the upstream, not about any network.
-        refused_us = status in (401, 403, 407, 429)
-        soft = answered and not definitive and status < 500 and not refused_us
         reason = outcome.error or ""
         if definitive:
             self._latency(outcome.elapsed_s * 1000, outcome)
         else:
             self.failures += 1
             self.last_error, self.last_error_at = reason or outcome.kind, time.time()
-        self.breaker.record(definitive or soft, reason)
-        if outcome.never_arrived or refused_us:
-            self.network(network).release()  # a claimed trial must not stay taken
+        network_breaker = self.network(network)
+        # The upstream's own breaker judges the process: did it take the call at all? A refused
+        # connection, or a refusal of *us* (credentials, quota), count against it.
+        if outcome.never_arrived or status in (401, 403, 407, 429):
+            self.breaker.record(False, reason)
+            network_breaker.release()
+            return
+        # Everything else (an answer, a timeout, a 5xx, garbage) may be about one chain only:
+        # a facilitator whose RPC for one network is broken still serves the others.
+        network_breaker.record(definitive, reason)
+        if definitive or (answered and status < 500):
+            self.breaker.record(True)
         else:
-            self.network(network).record(definitive, reason)
+            self.breaker.release()  # no verdict about the process either way
 
     def record_probe(self, error: str | None) -> None:
         """Count a ``/supported`` probe; ``error`` is None when it succeeded."""
@@ -150,7 +152,11 @@ class UpstreamHealth:
         return max(floor_ms, p95)
 
     def state(self) -> tuple[str, str]:
-        """(state, reason) for /status: drained, unhealthy, ejected, half_open, healthy, unknown."""
+        """(state, reason) for /status.
+
+        drained, unhealthy (probes), ejected, half_open, degraded (ejected on some networks
+        only), unknown (never probed, no traffic) or healthy.
+        """
         if self.drained:
             return "drained", "drained by operator"
         if self.probe_state == "unhealthy":
@@ -160,6 +166,10 @@ class UpstreamHealth:
             return "half_open", "ejection over: the next request is a trial"
         if state == "open":
             return "ejected", str(self.breaker.last_ejection_reason)
+        ejected = [n for n, b in sorted(self.networks.items()) if b.current_state() == "open"]
+        if ejected:
+            first = self.networks[ejected[0]].last_ejection_reason
+            return "degraded", f"ejected on {', '.join(ejected)}: {first}"
         if self.probe_state == "unknown" and not self.requests:
             return "unknown", "not probed yet"
         return "healthy", "answering"

@@ -82,6 +82,9 @@ class Behaviour:
     message: str | None = "signature does not match (injected)"
     dialect: Dialect = "spec"
     times: int | None = None
+    #: Only payments on this network get the behaviour (others are answered OK): a facilitator
+    #: whose RPC for one chain is broken while it serves the others well.
+    network: str | None = None
 
     def __post_init__(self) -> None:
         # Validated here so that a typo over the control API fails the call, not a later request.
@@ -113,6 +116,13 @@ def _dig(obj: Any, *keys: str) -> str:
     for key in keys:
         obj = obj.get(key) if isinstance(obj, dict) else None
     return obj if isinstance(obj, str) else ""
+
+
+def _requested_network(body: bytes) -> str:
+    try:
+        return _dig(json.loads(body), "paymentRequirements", "network")
+    except ValueError:
+        return ""
 
 
 def _rejection(op: Op, b: Behaviour, payer: str, network: str) -> dict[str, Any]:
@@ -332,7 +342,9 @@ class FakeFacilitator:
             headers = {k.lower(): v for k, v in request.headers.items()}
             self.received.append(Received(op, body, headers))
             b = self._behaviours[op]
-            if b.times is not None:
+            if b.network is not None and _requested_network(body) != b.network:
+                b = Behaviour()
+            elif b.times is not None:
                 left = b.times - 1
                 self._behaviours[op] = Behaviour() if left <= 0 else replace(b, times=left)
         if self.latency_s > 0:
