@@ -18,6 +18,24 @@ from x402_aggregator.testing.live import LiveServer
 FakeFactory = Callable[..., FakeFacilitator]
 
 
+class FakeClock:
+    """A monotonic clock that moves only when the test says so."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
 @dataclass
 class Running:
     """An aggregator served by uvicorn, with a client pointed at it."""

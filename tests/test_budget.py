@@ -2,27 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
-
 from x402_aggregator.budget import RetryBudget
 
-
-class FakeClock:
-    """A monotonic clock that moves only when the test says so."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
+from .conftest import FakeClock
 
 
 def requests(budget: RetryBudget, count: int) -> None:

@@ -9,6 +9,8 @@ from x402_aggregator.health import ProbeState, UpstreamHealth
 from x402_aggregator.outlier import OutlierPolicy
 from x402_aggregator.upstream import Outcome
 
+from .conftest import FakeClock
+
 NAME = "primary"
 A = "eip155:84532"
 B = "eip155:8453"
@@ -21,24 +23,6 @@ POLICY = OutlierPolicy(
     base_ejection_s=10.0,
     max_ejection_s=100.0,
 )
-
-
-class FakeClock:
-    """A monotonic clock that moves only when the test says so."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
 
 
 @pytest.fixture

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
-
 from x402_aggregator.outlier import Breaker, BreakerState, OutlierPolicy
+
+from .conftest import FakeClock
 
 POLICY = OutlierPolicy(
     consecutive_failures=3,
@@ -14,24 +14,6 @@ POLICY = OutlierPolicy(
     base_ejection_s=10.0,
     max_ejection_s=35.0,
 )
-
-
-class FakeClock:
-    """A monotonic clock that moves only when the test says so."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
 
 
 def make(clock: FakeClock, policy: OutlierPolicy = POLICY) -> Breaker:

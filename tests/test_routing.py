@@ -25,6 +25,8 @@ from x402_aggregator.testing.payloads import v2_body
 from x402_aggregator.transport import HandlerTransport, UpstreamRequest, UpstreamResponse
 from x402_aggregator.upstream import Upstream
 
+from .conftest import FakeClock
+
 BASE = "eip155:84532"
 MAINNET = "eip155:8453"
 SOLANA = "solana:EtWTRABZaYq6iMfeYKouRu166VU2xqa1"
@@ -32,19 +34,6 @@ FEE_PAYER = "FeePayer1111111111111111111111111111111111"
 OTHER_FEE_PAYER = "OtherPayer11111111111111111111111111111111"
 NONCE = "0x" + "11" * 32
 POLICY = OutlierPolicy(consecutive_failures=2, base_ejection_s=30.0)
-
-
-class FakeClock:
-    """A monotonic clock that moves only when the test says so."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 async def unreachable(request: UpstreamRequest) -> UpstreamResponse:
