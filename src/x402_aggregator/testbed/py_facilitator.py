@@ -36,6 +36,7 @@ from x402.schemas import (
     parse_payment_requirements,
 )
 
+from ..protocol import failure_body
 from .chain import NETWORK
 
 HOST = "127.0.0.1"
@@ -80,17 +81,11 @@ def parse_request(body: Any) -> Parsed:
 
 
 def _verify_rejection(reason: str, message: str) -> dict[str, Any]:
-    return {"isValid": False, "invalidReason": reason, "invalidMessage": message}
+    return failure_body("verify", reason, message)
 
 
 def _settle_rejection(reason: str, message: str, network: str = "") -> dict[str, Any]:
-    return {
-        "success": False,
-        "errorReason": reason,
-        "errorMessage": message,
-        "transaction": "",
-        "network": network,
-    }
+    return failure_body("settle", reason, message, network)
 
 
 def create_app(facilitator: x402FacilitatorSync) -> FastAPI:
