@@ -26,12 +26,14 @@ from .outlier import Clock, OutlierPolicy
 from .protocol import (
     NO_UPSTREAM_AVAILABLE,
     SETTLEMENT_OUTCOME_UNKNOWN,
+    SETTLEMENT_PENDING,
     PaymentRequest,
     failure_body,
     network_hint,
     parse_request,
 )
 from .routing import Attempt, Router
+from .stats import RECENT_SETTLEMENTS
 from .transport import AiohttpTransport, Transport
 from .upstream import Outcome, Upstream
 
@@ -94,6 +96,7 @@ class Aggregator:
         self._prober = Prober(self.router.upstreams, health, self._refresh_supported)
         self._supported: bytes = orjson.dumps({"kinds": [], "extensions": [], "signers": {}})
         self.totals: dict[str, int] = {"verify": 0, "settle": 0, "hedges": 0, "failovers": 0}
+        self.recent_settlements: deque[JSONObject] = deque(maxlen=RECENT_SETTLEMENTS)
 
     @property
     def upstreams(self) -> tuple[Upstream, ...]:
@@ -167,6 +170,33 @@ class Aggregator:
         return _all_failed("verify", request, run.failed, run.stopped_by)
 
     async def _settle(self, request: PaymentRequest, plan: Sequence[Attempt]) -> Reply:
+        reply = await self._settle_once(request, plan)
+        self._note_settlement(request, reply)
+        return reply
+
+    def _note_settlement(self, request: PaymentRequest, reply: Reply) -> None:
+        answer = reply.json()
+        if answer.get("success") is True:
+            result = "settled"
+        else:
+            result = {
+                SETTLEMENT_OUTCOME_UNKNOWN: "unknown",
+                SETTLEMENT_PENDING: "pending",
+                NO_UPSTREAM_AVAILABLE: "no_upstream",
+            }.get(str(answer.get("errorReason")), "failed")
+        self.recent_settlements.appendleft(
+            {
+                "at": _iso(time.time()),
+                "upstream": reply.upstream,
+                "network": request.kind.network,
+                "payer": request.payer,
+                "result": result,
+                "reason": answer.get("errorReason"),
+                "transaction": answer.get("transaction") or None,
+            }
+        )
+
+    async def _settle_once(self, request: PaymentRequest, plan: Sequence[Attempt]) -> Reply:
         failed: list[Outcome] = []
         deadline = self._clock() + self.config.routing.settle_deadline_s
         for attempt in plan:
@@ -214,6 +244,8 @@ class Aggregator:
                 upstream.health.release(network)
             raise
         upstream.health.record(outcome, network)
+        usable = outcome.kind in ("ok", "rejected") or outcome.answer is not None
+        upstream.stats.add(operation, outcome.elapsed_s * 1000, usable)
         if outcome.kind == "retryable":
             logger.warning(
                 "%s at %s failed, trying the next upstream: %s",
@@ -235,9 +267,24 @@ class Aggregator:
 
     def status(self) -> JSONObject:
         """A JSON-ready snapshot of every upstream; contains no secrets."""
+        upstreams = [_upstream_status(up) for up in self.upstreams]
+        recent_total = sum(u["recent"]["requests"] for u in upstreams)
+        for entry in upstreams:
+            share = entry["recent"]["requests"] / recent_total if recent_total else None
+            entry["traffic_share"] = round(share, 4) if share is not None else None
         return {
-            "upstreams": [_upstream_status(up) for up in self.upstreams],
+            "generated_at": _iso(time.time()),
+            "upstreams": upstreams,
             "totals": {"requests": dict(self.totals)},
+            "recent_settlements": list(self.recent_settlements),
+        }
+
+    def timeline(self, window_s: float = 600, bucket_s: float = 10) -> JSONObject:
+        """Per upstream, calls and latency in time buckets, for the dashboard's chart."""
+        return {
+            "window_s": window_s,
+            "bucket_s": bucket_s,
+            "upstreams": {up.name: up.stats.timeline(window_s, bucket_s) for up in self.upstreams},
         }
 
 
@@ -440,4 +487,5 @@ def _upstream_status(upstream: Upstream) -> JSONObject:
         "last_error": health.last_error,
         "last_error_at": _iso(health.last_error_at),
         "latency_ewma_ms": health.latency_ewma_ms,
+        "recent": upstream.stats.summary(),
     }

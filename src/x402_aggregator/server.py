@@ -10,6 +10,7 @@ import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import orjson
 from starlette.applications import Starlette
@@ -76,6 +77,19 @@ def create_app(config: Config | None = None, *, aggregator: Aggregator | None = 
     async def status(request: Request) -> Response:
         return _json(200, {"version": __version__, **engine.status()})
 
+    async def timeline(request: Request) -> Response:
+        try:
+            window_s = min(float(request.query_params.get("window_s", 600)), 3600.0)
+            bucket_s = max(float(request.query_params.get("bucket_s", 10)), 1.0)
+        except ValueError:
+            return _json(400, {"error": "window_s and bucket_s must be numbers"})
+        return _json(200, engine.timeline(window_s, bucket_s))
+
+    dashboard_page = (Path(__file__).parent / "dashboard.html").read_bytes()
+
+    async def dashboard(request: Request) -> Response:
+        return Response(dashboard_page, media_type="text/html; charset=utf-8")
+
     async def healthz(request: Request) -> Response:
         return _json(200, {"status": "ok"})
 
@@ -112,6 +126,10 @@ def create_app(config: Config | None = None, *, aggregator: Aggregator | None = 
         Route("/settle", payment_endpoint("settle"), methods=["POST"]),
         Route("/supported", supported, methods=["GET"]),
         Route("/status", status, methods=["GET"]),
+        Route("/status/timeline", timeline, methods=["GET"]),
+        # The name the seed project's monitoring page used.
+        Route("/api/facilitator-status", status, methods=["GET"]),
+        Route("/", dashboard, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/admin/upstreams/{name}/drain", admin_endpoint(True), methods=["POST"]),
         Route("/admin/upstreams/{name}/enable", admin_endpoint(False), methods=["POST"]),

@@ -24,6 +24,7 @@ from .config import UpstreamConfig
 from .errors import TransportError
 from .health import UpstreamHealth
 from .protocol import SETTLEMENT_PENDING, PaymentRequest, normalise_answer, reason_of
+from .stats import UpstreamStats
 from .transport import Transport, UpstreamRequest, UpstreamResponse
 
 OutcomeKind = Literal["ok", "rejected", "retryable", "ambiguous"]
@@ -85,6 +86,7 @@ class Upstream:
         }
         self.capabilities: Capabilities | None = None
         self.health = health or UpstreamHealth(config.name)
+        self.stats = UpstreamStats()
 
     def __repr__(self) -> str:
         return f"Upstream(name={self.name!r}, url={self.display_url!r})"
