@@ -171,7 +171,13 @@ async def test_a_malformed_request_is_400_and_never_forwarded(engine_for: Engine
     assert (settled.status, settled.json()["errorReason"]) == (400, "invalid_payload")
     assert settled.json()["network"] == "n"
     assert facilitators.calls == []
-    assert engine.totals == {"verify": 1, "settle": 1, "hedges": 0, "failovers": 0}
+    assert engine.totals == {
+        "verify": 1,
+        "settle": 1,
+        "hedges": 0,
+        "failovers": 0,
+        "ambiguous_settlements": 0,
+    }
 
 
 # settle

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 
 import orjson
 
+from . import metrics
 from ._types import JSONObject, Operation
 from .budget import RetryBudget
 from .capabilities import merge_supported
@@ -95,7 +96,13 @@ class Aggregator:
         )
         self._prober = Prober(self.router.upstreams, health, self._refresh_supported)
         self._supported: bytes = orjson.dumps({"kinds": [], "extensions": [], "signers": {}})
-        self.totals: dict[str, int] = {"verify": 0, "settle": 0, "hedges": 0, "failovers": 0}
+        self.totals: dict[str, int] = {
+            "verify": 0,
+            "settle": 0,
+            "hedges": 0,
+            "failovers": 0,
+            "ambiguous_settlements": 0,
+        }
         self.recent_settlements: deque[JSONObject] = deque(maxlen=RECENT_SETTLEMENTS)
 
     @property
@@ -140,16 +147,19 @@ class Aggregator:
         try:
             request = parse_request(body, operation)
         except RequestError as exc:
+            metrics.record_request(operation, "bad_request")
             reply = failure_body(operation, exc.reason, exc.message, network_hint(body))
             return Reply(exc.status, orjson.dumps(reply))
         candidates = self.router.candidates(request)
         kind = request.kind
         if not candidates:
+            metrics.record_request(operation, "unsupported")
             reason = self.router.unsupported_reason(request)
             message = f"no upstream supports x402 v{kind.version} {kind.scheme} on {kind.network}"
             return Reply(200, orjson.dumps(failure_body(operation, reason, message, kind.network)))
         plan = self.router.plan(request, operation, candidates)
         if not plan:
+            metrics.record_request(operation, "no_upstream")
             message = "every upstream that supports this payment is drained by the operator"
             drained = failure_body(operation, NO_UPSTREAM_AVAILABLE, message, kind.network)
             return Reply(503, orjson.dumps(drained))
@@ -161,13 +171,16 @@ class Aggregator:
         self.budget.request()
         run = _VerifyRun(self, request, plan)
         outcome = await run.execute()
-        if outcome is not None:
-            if outcome.kind == "ok":
-                upstream = self.upstream(outcome.upstream)
-                if upstream is not None:
-                    self.router.remember(request, upstream)
-            return _relay(outcome, run.attempts)
-        return _all_failed("verify", request, run.failed, run.stopped_by)
+        if outcome is None:
+            metrics.record_request("verify", "no_upstream")
+            return _all_failed("verify", request, run.failed, run.stopped_by)
+        valid = bool(outcome.answer and outcome.answer.get("isValid"))
+        metrics.record_request("verify", "valid" if valid else "invalid")
+        if valid:
+            upstream = self.upstream(outcome.upstream)
+            if upstream is not None:
+                self.router.remember(request, upstream)
+        return _relay(outcome, run.attempts)
 
     async def _settle(self, request: PaymentRequest, plan: Sequence[Attempt]) -> Reply:
         reply = await self._settle_once(request, plan)
@@ -184,6 +197,10 @@ class Aggregator:
                 SETTLEMENT_PENDING: "pending",
                 NO_UPSTREAM_AVAILABLE: "no_upstream",
             }.get(str(answer.get("errorReason")), "failed")
+        if result == "unknown":
+            self.totals["ambiguous_settlements"] += 1
+        metrics.record_request("settle", result)
+        metrics.SETTLEMENTS.labels(result).inc()
         self.recent_settlements.appendleft(
             {
                 "at": _iso(time.time()),
@@ -208,6 +225,7 @@ class Aggregator:
                 continue
             if failed:
                 self.totals["failovers"] += 1
+                metrics.FAILOVERS.labels("settle").inc()
             outcome = await self._attempt(attempt.upstream, "settle", request, remaining, claimed)
             if outcome.kind == "retryable":  # for a settle: the request provably never arrived
                 failed.append(outcome)
@@ -242,8 +260,10 @@ class Aggregator:
             # A hedge that lost: no outcome to count, but a claimed trial must be given back.
             if claimed:
                 upstream.health.release(network)
+            metrics.UPSTREAM_REQUESTS.labels(upstream.name, operation, "cancelled").inc()
             raise
         upstream.health.record(outcome, network)
+        metrics.record_attempt(upstream.name, outcome)
         usable = outcome.kind in ("ok", "rejected") or outcome.answer is not None
         upstream.stats.add(operation, outcome.elapsed_s * 1000, usable)
         if outcome.kind == "retryable":
@@ -395,6 +415,10 @@ class _VerifyRun:
                 return False
             if self.attempts:
                 engine.totals["hedges" if hedge else "failovers"] += 1
+                if hedge:
+                    metrics.HEDGES.inc()
+                else:
+                    metrics.FAILOVERS.labels("verify").inc()
             self.attempts += 1
             task = asyncio.create_task(
                 engine._attempt(attempt.upstream, "verify", self.request, remaining, claimed)

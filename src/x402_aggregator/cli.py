@@ -6,6 +6,7 @@ import asyncio
 import logging
 import math
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Annotated
@@ -85,6 +86,9 @@ def serve(
     if config is not None:
         # Worker processes rebuild the configuration from the environment.
         os.environ[CONFIG_ENV] = str(config)
+    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Counters of every worker are summed on /metrics through these files.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="x402-aggregator-metrics-")
     settings = _load(config)
     try:
         check_secrets(settings)

@@ -142,6 +142,10 @@ class UpstreamHealth:
         if self.probe_state != "unhealthy" and self.probe_failures >= self.unhealthy_threshold:
             self._set_probe_state("unhealthy", f"{self.probe_failures} probes failed: {error}")
 
+    def total_ejections(self) -> int:
+        """Ejections of the upstream and of all its networks since start."""
+        return self.breaker.total_ejections + sum(b.total_ejections for b in self.networks.values())
+
     def adaptive_hedge_ms(self, floor_ms: float) -> float:
         """About the p95 of recent verify latencies, never below ``floor_ms``."""
         samples = self._verify_latencies

@@ -38,6 +38,8 @@ class Breaker:
     clock: Clock = time.monotonic
     state: BreakerState = "closed"
     ejections: int = 0
+    #: Every ejection since start (``ejections`` is the back-off multiplier and can reset).
+    total_ejections: int = 0
     consecutive_failures: int = 0
     ejected_until: float = 0.0
     last_ejection_reason: str | None = None
@@ -116,6 +118,7 @@ class Breaker:
         if self.state == "closed" and now - self._closed_at > self.policy.max_ejection_s:
             self.ejections = 0
         self.ejections += 1
+        self.total_ejections += 1
         duration = min(self.policy.base_ejection_s * self.ejections, self.policy.max_ejection_s)
         self.state, self.ejected_until = "open", now + duration
         self.last_ejection_reason, self.last_ejected_at = reason, time.time()

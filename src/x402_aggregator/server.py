@@ -19,7 +19,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from . import __version__
+from . import __version__, metrics
 from ._types import JSONObject, Operation
 from .aggregator import Aggregator, Reply
 from .auth import auth_headers
@@ -90,6 +90,14 @@ def create_app(config: Config | None = None, *, aggregator: Aggregator | None = 
     async def dashboard(request: Request) -> Response:
         return Response(dashboard_page, media_type="text/html; charset=utf-8")
 
+    health_metrics = metrics.HealthCollector(
+        lambda: engine.upstreams, lambda: engine.totals["ambiguous_settlements"]
+    )
+
+    async def prometheus(request: Request) -> Response:
+        body, content_type = metrics.exposition(health_metrics)
+        return Response(body, media_type=content_type)
+
     async def healthz(request: Request) -> Response:
         return _json(200, {"status": "ok"})
 
@@ -131,6 +139,7 @@ def create_app(config: Config | None = None, *, aggregator: Aggregator | None = 
         Route("/api/facilitator-status", status, methods=["GET"]),
         Route("/", dashboard, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
+        Route("/metrics", prometheus, methods=["GET"]),
         Route("/admin/upstreams/{name}/drain", admin_endpoint(True), methods=["POST"]),
         Route("/admin/upstreams/{name}/enable", admin_endpoint(False), methods=["POST"]),
     ]
