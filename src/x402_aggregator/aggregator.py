@@ -7,22 +7,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from asyncio import FIRST_COMPLETED
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 import orjson
 
 from . import metrics
 from ._types import JSONObject, Operation
+from .alerts import Alerts
 from .budget import RetryBudget
 from .capabilities import merge_supported
-from .config import Config
-from .errors import RequestError
+from .config import AlertsConfig, Config
+from .errors import ConfigError, RequestError
 from .health import Prober, UpstreamHealth
+from .logs import REQUEST_ID, short
 from .outlier import Clock, OutlierPolicy
 from .protocol import (
     NO_UPSTREAM_AVAILABLE,
@@ -39,6 +42,8 @@ from .transport import AiohttpTransport, Transport
 from .upstream import Outcome, Upstream
 
 logger = logging.getLogger("x402_aggregator")
+#: One line per answered request (level INFO); silence it with a higher level for this logger.
+access_log = logging.getLogger("x402_aggregator.access")
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +56,8 @@ class Reply:
     upstream: str | None = None
     attempts: int = 0
     extension_responses: str | None = field(default=None, repr=False)
+    #: What the client saw, as a bounded metrics label (valid, invalid, settled, unknown, ...).
+    outcome: str = ""
 
     def json(self) -> JSONObject:
         value: JSONObject = orjson.loads(self.body)
@@ -95,6 +102,13 @@ class Aggregator:
             clock,
         )
         self._prober = Prober(self.router.upstreams, health, self._refresh_supported)
+        self.alerts = Alerts(
+            webhook_url(config.alerts),
+            timeout_s=config.alerts.timeout_s,
+            queue_size=config.alerts.queue_size,
+        )
+        self._states = {up.name: up.health.state()[0] for up in self.router.upstreams}
+        self._watcher: asyncio.Task[None] | None = None
         self._supported: bytes = orjson.dumps({"kinds": [], "extensions": [], "signers": {}})
         self.totals: dict[str, int] = {
             "verify": 0,
@@ -114,19 +128,50 @@ class Aggregator:
 
     async def start(self) -> None:
         """Probe upstreams (up to ``health.startup_wait_s``), then keep probing in background."""
+        await self.alerts.start()
         await self._prober.start()
+        self._watcher = asyncio.create_task(self._watch_states(), name="state watcher")
 
     async def aclose(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            await asyncio.gather(self._watcher, return_exceptions=True)
         await self._prober.aclose()
+        await self.alerts.aclose()
         await self._transport.aclose()
 
-    async def verify(self, body: bytes) -> Reply:
-        """Verify a payment at the first candidate that gives a usable answer."""
-        return await self._handle("verify", body)
+    async def _watch_states(self, every_s: float = 1.0) -> None:
+        """Log and alert when an upstream's state changes (probes, ejections, drains)."""
+        while True:
+            self.check_states()
+            await asyncio.sleep(every_s)
 
-    async def settle(self, body: bytes) -> Reply:
+    def check_states(self) -> None:
+        for upstream in self.upstreams:
+            state, reason = upstream.health.state()
+            before = self._states.get(upstream.name)
+            if state == before:
+                continue
+            self._states[upstream.name] = state
+            level = logging.INFO if state in ("healthy", "half_open") else logging.WARNING
+            fields = {"upstream": upstream.name, "from": before, "to": state, "reason": reason}
+            logger.log(
+                level,
+                "upstream %s is %s: %s",
+                upstream.name,
+                state,
+                reason,
+                extra={"fields": fields},
+            )
+            self.alerts.emit("upstream_state", **fields)
+
+    async def verify(self, body: bytes, *, request_id: str | None = None) -> Reply:
+        """Verify a payment at the first candidate that gives a usable answer."""
+        return await self._handle("verify", body, request_id)
+
+    async def settle(self, body: bytes, *, request_id: str | None = None) -> Reply:
         """Settle a payment; move to another upstream only if the previous never received it."""
-        return await self._handle("settle", body)
+        return await self._handle("settle", body, request_id)
 
     def supported(self) -> bytes:
         """The merged ``/supported`` body, from cache: never waits on an upstream."""
@@ -142,52 +187,73 @@ class Aggregator:
         self._refresh_supported()
         return True
 
-    async def _handle(self, operation: Operation, body: bytes) -> Reply:
+    async def _handle(self, operation: Operation, body: bytes, request_id: str | None) -> Reply:
         self.totals[operation] += 1
+        started = time.perf_counter()
+        token = REQUEST_ID.set(request_id)
+        try:
+            request, reply = await self._route(operation, body)
+        finally:
+            REQUEST_ID.reset(token)
+        metrics.record_request(operation, reply.outcome)
+        if access_log.isEnabledFor(logging.INFO):
+            fields = {
+                "request_id": request_id,
+                "operation": operation,
+                "outcome": reply.outcome,
+                "status": reply.status,
+                "upstream": reply.upstream,
+                "attempts": reply.attempts,
+                "latency_ms": round((time.perf_counter() - started) * 1000, 3),
+                "network": request.kind.network if request else None,
+                "payer": short(request.payer) if request else None,
+            }
+            access_log.info("%s %s", operation, reply.outcome, extra={"fields": fields})
+        return reply
+
+    async def _route(
+        self, operation: Operation, body: bytes
+    ) -> tuple[PaymentRequest | None, Reply]:
         try:
             request = parse_request(body, operation)
         except RequestError as exc:
-            metrics.record_request(operation, "bad_request")
-            reply = failure_body(operation, exc.reason, exc.message, network_hint(body))
-            return Reply(exc.status, orjson.dumps(reply))
+            error = failure_body(operation, exc.reason, exc.message, network_hint(body))
+            return None, Reply(exc.status, orjson.dumps(error), outcome="bad_request")
         candidates = self.router.candidates(request)
         kind = request.kind
         if not candidates:
-            metrics.record_request(operation, "unsupported")
             reason = self.router.unsupported_reason(request)
             message = f"no upstream supports x402 v{kind.version} {kind.scheme} on {kind.network}"
-            return Reply(200, orjson.dumps(failure_body(operation, reason, message, kind.network)))
+            unsupported = failure_body(operation, reason, message, kind.network)
+            return request, Reply(200, orjson.dumps(unsupported), outcome="unsupported")
         plan = self.router.plan(request, operation, candidates)
         if not plan:
-            metrics.record_request(operation, "no_upstream")
             message = "every upstream that supports this payment is drained by the operator"
             drained = failure_body(operation, NO_UPSTREAM_AVAILABLE, message, kind.network)
-            return Reply(503, orjson.dumps(drained))
+            return request, Reply(503, orjson.dumps(drained), outcome="no_upstream")
         if operation == "verify":
-            return await self._verify(request, plan)
-        return await self._settle(request, plan)
+            return request, await self._verify(request, plan)
+        return request, await self._settle(request, plan)
 
     async def _verify(self, request: PaymentRequest, plan: Sequence[Attempt]) -> Reply:
         self.budget.request()
         run = _VerifyRun(self, request, plan)
         outcome = await run.execute()
         if outcome is None:
-            metrics.record_request("verify", "no_upstream")
             return _all_failed("verify", request, run.failed, run.stopped_by)
         valid = bool(outcome.answer and outcome.answer.get("isValid"))
-        metrics.record_request("verify", "valid" if valid else "invalid")
         if valid:
             upstream = self.upstream(outcome.upstream)
             if upstream is not None:
                 self.router.remember(request, upstream)
-        return _relay(outcome, run.attempts)
+        return replace(_relay(outcome, run.attempts), outcome="valid" if valid else "invalid")
 
     async def _settle(self, request: PaymentRequest, plan: Sequence[Attempt]) -> Reply:
         reply = await self._settle_once(request, plan)
-        self._note_settlement(request, reply)
-        return reply
+        return replace(reply, outcome=self._note_settlement(request, reply))
 
-    def _note_settlement(self, request: PaymentRequest, reply: Reply) -> None:
+    def _note_settlement(self, request: PaymentRequest, reply: Reply) -> str:
+        """Count the settle's result and list it among the recent ones; return the result."""
         answer = reply.json()
         if answer.get("success") is True:
             result = "settled"
@@ -199,7 +265,13 @@ class Aggregator:
             }.get(str(answer.get("errorReason")), "failed")
         if result == "unknown":
             self.totals["ambiguous_settlements"] += 1
-        metrics.record_request("settle", result)
+            self.alerts.emit(
+                "settlement_ambiguous",
+                upstream=reply.upstream,
+                network=request.kind.network,
+                payer=request.payer,
+                reason=answer.get("errorMessage"),
+            )
         metrics.SETTLEMENTS.labels(result).inc()
         self.recent_settlements.appendleft(
             {
@@ -212,6 +284,7 @@ class Aggregator:
                 "transaction": answer.get("transaction") or None,
             }
         )
+        return result
 
     async def _settle_once(self, request: PaymentRequest, plan: Sequence[Attempt]) -> Reply:
         failed: list[Outcome] = []
@@ -428,6 +501,19 @@ class _VerifyRun:
         return False
 
 
+def webhook_url(config: AlertsConfig) -> str | None:
+    """The alert webhook, from the file or (for URLs that carry a token) the environment."""
+    if config.webhook_url_env:
+        url = os.environ.get(config.webhook_url_env, "")
+        if not url:
+            raise ConfigError(
+                f"alerts.webhook_url_env names environment variable {config.webhook_url_env}, "
+                "which is not set"
+            )
+        return url
+    return str(config.webhook_url) if config.webhook_url else None
+
+
 def _relay(outcome: Outcome, attempts: int) -> Reply:
     """Answer with an upstream's (normalised) answer, always HTTP 200."""
     body = outcome.raw if outcome.raw is not None else orjson.dumps(outcome.answer)
@@ -467,7 +553,7 @@ def _all_failed(
         request.kind.network,
     )
     body["upstreams"] = [{"name": o.upstream, "error": o.error} for o in failed]
-    return Reply(502, orjson.dumps(body), None, len(failed))
+    return Reply(502, orjson.dumps(body), None, len(failed), outcome="no_upstream")
 
 
 def _iso(timestamp: float | None) -> str | None:

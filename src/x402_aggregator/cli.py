@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
 import os
 import tempfile
@@ -16,7 +15,7 @@ import uvicorn
 from rich.console import Console
 from rich.table import Table
 
-from . import __version__
+from . import __version__, logs
 from .config import CONFIG_ENV, Config, load_config
 from .errors import ConfigError, TransportError
 from .server import check_secrets
@@ -96,9 +95,7 @@ def serve(
         err.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(STARTUP_FAILURE) from None
     level = settings.server.log_level
-    logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logs.configure(level, settings.server.log_format)
     names = ", ".join(u.name for u in settings.upstreams if u.enabled)
     err.print(f"x402-aggregator {__version__}: upstreams {names}", highlight=False)
     try:
@@ -109,6 +106,7 @@ def serve(
             port=settings.server.port,
             workers=workers,
             log_level=level,
+            log_config=None,  # ours (text or JSON), set up here and in each worker
             access_log=access_log,
             http="httptools",
             loop="uvloop" if os.name != "nt" else "asyncio",

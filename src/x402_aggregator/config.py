@@ -31,6 +31,8 @@ class ServerConfig(_Section):
     port: int = Field(4020, ge=0, le=65535)
     max_body_bytes: int = Field(MiB, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    #: ``json``: one JSON object per line (with request id, upstream, outcome, latency).
+    log_format: Literal["text", "json"] = "text"
 
 
 class BearerAuth(_Section):
@@ -136,6 +138,15 @@ class HealthConfig(_Section):
     outlier: OutlierConfig = OutlierConfig()
 
 
+class AlertsConfig(_Section):
+    #: Where to POST JSON events (upstream state changes, ambiguous settlements). A URL with a
+    #: token in it is a secret: prefer ``webhook_url_env``.
+    webhook_url: HttpUrl | None = None
+    webhook_url_env: str | None = None
+    timeout_s: float = Field(5.0, gt=0)
+    queue_size: int = Field(100, ge=1)
+
+
 class AdminConfig(_Section):
     #: Environment variable holding the admin bearer token; without it the admin API is off.
     token_env: str | None = None
@@ -163,6 +174,7 @@ class Config(BaseSettings):
     routing: RoutingConfig = RoutingConfig()
     health: HealthConfig = HealthConfig()
     admin: AdminConfig = AdminConfig()
+    alerts: AlertsConfig = AlertsConfig()
 
     @classmethod
     def settings_customise_sources(

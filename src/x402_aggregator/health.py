@@ -48,6 +48,7 @@ class UpstreamHealth:
     probe_successes: int = 0
     probe_failures: int = 0
     last_probe_error: str | None = None
+    probe_reason: str = "not probed yet"
     drained: bool = False
     requests: int = 0
     failures: int = 0
@@ -204,15 +205,9 @@ class UpstreamHealth:
         self._verify_latencies.append(elapsed_ms)
 
     def _set_probe_state(self, state: ProbeState, reason: str) -> None:
-        logger.log(
-            logging.INFO if state == "healthy" else logging.WARNING,
-            "upstream %s: %s -> %s: %s",
-            self.name,
-            self.probe_state,
-            state,
-            reason,
-        )
+        # The engine's state watcher logs and alerts on the resulting change of ``state()``.
         self.probe_state = state
+        self.probe_reason = reason
 
 
 class Prober:

@@ -19,12 +19,13 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from . import __version__, metrics
+from . import __version__, logs, metrics
 from ._types import JSONObject, Operation
-from .aggregator import Aggregator, Reply
+from .aggregator import Aggregator, Reply, webhook_url
 from .auth import auth_headers
 from .config import Config
 from .errors import ConfigError, RequestError
+from .logs import request_id
 from .protocol import (
     INVALID_PAYLOAD,
     REQUEST_TOO_LARGE,
@@ -62,12 +63,13 @@ def create_app(config: Config | None = None, *, aggregator: Aggregator | None = 
         handle = engine.verify if operation == "verify" else engine.settle
 
         async def endpoint(request: Request) -> Response:
+            rid = request_id(request.headers.get("x-request-id"))
             try:
                 body = await _read_body(request, limit)
             except RequestError as exc:
                 error = failure_body(operation, exc.reason, exc.message)
-                return _reply(Reply(exc.status, orjson.dumps(error)))
-            return _reply(await handle(body))
+                return _reply(Reply(exc.status, orjson.dumps(error)), rid)
+            return _reply(await handle(body, request_id=rid), rid)
 
         return endpoint
 
@@ -188,6 +190,7 @@ def _admin_token(config: Config) -> str | None:
 def check_secrets(config: Config) -> None:
     """Fail now, not in a worker, if a secret the configuration names is not set."""
     _admin_token(config)
+    webhook_url(config.alerts)
     for upstream in config.upstreams:
         if upstream.enabled:
             auth_headers(upstream)
@@ -197,10 +200,11 @@ def _too_large(limit: int) -> str:
     return f"request body is larger than {limit} bytes"
 
 
-def _reply(reply: Reply) -> Response:
+def _reply(reply: Reply, rid: str) -> Response:
     headers = {
         UPSTREAM_HEADER: reply.upstream or NO_UPSTREAM,
         ATTEMPTS_HEADER: str(reply.attempts),
+        "X-Request-Id": rid,
     }
     if reply.extension_responses:
         headers["EXTENSION-RESPONSES"] = reply.extension_responses
@@ -235,4 +239,6 @@ def app_from_environment() -> Starlette:
     """App factory for uvicorn workers: the configuration comes from ``X402_AGGREGATOR_*``."""
     from .config import load_config
 
-    return create_app(load_config())
+    config = load_config()
+    logs.configure(config.server.log_level, config.server.log_format)
+    return create_app(config)

@@ -23,6 +23,7 @@ from .capabilities import Capabilities, parse_supported
 from .config import UpstreamConfig
 from .errors import TransportError
 from .health import UpstreamHealth
+from .logs import REQUEST_ID
 from .protocol import SETTLEMENT_PENDING, PaymentRequest, normalise_answer, reason_of
 from .stats import UpstreamStats
 from .transport import Transport, UpstreamRequest, UpstreamResponse
@@ -107,10 +108,11 @@ class Upstream:
         budget = self.config.settle_timeout if settle else self.config.timeout_s
         if timeout_s is not None:
             budget = min(budget, timeout_s)
+        request_id = REQUEST_ID.get()
         outgoing = UpstreamRequest(
             method="POST",
             url=f"{self._base}/{operation}",
-            headers=self._headers,
+            headers={**self._headers, "X-Request-Id": request_id} if request_id else self._headers,
             body=request.body,
             timeout_s=budget,
             connect_timeout_s=self.config.connect_timeout_s,
