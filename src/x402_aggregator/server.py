@@ -19,7 +19,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from . import __version__, logs, metrics
+from . import __version__, logs, metrics, openapi
 from ._types import JSONObject, Operation
 from .aggregator import Aggregator, Reply, webhook_url
 from .auth import auth_headers
@@ -89,6 +89,11 @@ def create_app(config: Config | None = None, *, aggregator: Aggregator | None = 
 
     dashboard_page = (Path(__file__).parent / "dashboard.html").read_bytes()
 
+    api_document = orjson.dumps(openapi.spec())
+
+    async def openapi_json(request: Request) -> Response:
+        return Response(api_document, media_type="application/json")
+
     async def dashboard(request: Request) -> Response:
         return Response(dashboard_page, media_type="text/html; charset=utf-8")
 
@@ -140,6 +145,7 @@ def create_app(config: Config | None = None, *, aggregator: Aggregator | None = 
         # The name the seed project's monitoring page used.
         Route("/api/facilitator-status", status, methods=["GET"]),
         Route("/", dashboard, methods=["GET"]),
+        Route("/openapi.json", openapi_json, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", prometheus, methods=["GET"]),
         Route("/admin/upstreams/{name}/drain", admin_endpoint(True), methods=["POST"]),

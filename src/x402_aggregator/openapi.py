@@ -1,0 +1,271 @@
+"""The HTTP API as an OpenAPI 3.1 document, served at ``/openapi.json`` and checked by a test."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import __version__
+from ._types import JSONObject
+from .metrics import STATES
+
+_TEXT = {"type": "string"}
+_NULLABLE_TEXT = {"type": ["string", "null"]}
+
+
+def _ref(name: str) -> JSONObject:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: JSONObject, description: str) -> JSONObject:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _payment_operation(summary: str, answer: str, failure: str) -> JSONObject:
+    return {
+        "summary": summary,
+        "parameters": [
+            {
+                "name": "X-Request-Id",
+                "in": "header",
+                "required": False,
+                "schema": _TEXT,
+                "description": "Propagated to the upstream and echoed back; made up if absent.",
+            }
+        ],
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": _ref("PaymentRequest")}},
+        },
+        "responses": {
+            "200": _json(_ref(answer), "The answer (business failures included), spec shape."),
+            "400": _json(_ref(answer), "Malformed request: invalid_payload, invalid_x402_version."),
+            "413": _json(_ref(answer), "Body over server.max_body_bytes."),
+            "502": _json(_ref(failure), "No upstream gave a usable answer; each one's failure."),
+            "503": _json(_ref(answer), "Every candidate upstream is drained."),
+        },
+    }
+
+
+def _schemas() -> dict[str, Any]:
+    upstream_status_keys = [
+        "name", "url", "priority", "weight", "state", "reason", "probe", "breaker", "networks",
+        "kinds", "signers", "extensions", "requests", "failures", "last_error", "last_error_at",
+        "latency_ewma_ms", "recent", "traffic_share",
+    ]  # fmt: skip
+    percentiles = {
+        "type": "object",
+        "required": ["count", "p50", "p95", "p99"],
+        "properties": {
+            "count": {"type": "integer"},
+            **{p: {"type": ["number", "null"]} for p in ("p50", "p95", "p99")},
+        },
+    }
+    return {
+        "PaymentRequest": {
+            "type": "object",
+            "required": ["paymentPayload", "paymentRequirements"],
+            "properties": {
+                "x402Version": {"type": "integer", "enum": [1, 2]},
+                "paymentPayload": {"type": "object"},
+                "paymentRequirements": {"type": "object"},
+            },
+        },
+        "VerifyResponse": {
+            "type": "object",
+            "required": ["isValid"],
+            "properties": {
+                "isValid": {"type": "boolean"},
+                "invalidReason": _TEXT,
+                "invalidMessage": _TEXT,
+                "payer": _TEXT,
+            },
+        },
+        "SettleResponse": {
+            "type": "object",
+            "required": ["success", "transaction", "network"],
+            "properties": {
+                "success": {"type": "boolean"},
+                "transaction": _TEXT,
+                "network": _TEXT,
+                "errorReason": _TEXT,
+                "errorMessage": _TEXT,
+                "payer": _TEXT,
+            },
+        },
+        "UpstreamFailures": {
+            "type": "object",
+            "required": ["upstreams"],
+            "properties": {
+                "isValid": {"type": "boolean"},
+                "success": {"type": "boolean"},
+                "invalidReason": _TEXT,
+                "errorReason": _TEXT,
+                "upstreams": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["name", "error"],
+                        "properties": {"name": _TEXT, "error": _NULLABLE_TEXT},
+                    },
+                },
+            },
+        },
+        "SupportedResponse": {
+            "type": "object",
+            "required": ["kinds", "extensions", "signers"],
+            "properties": {
+                "kinds": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["x402Version", "scheme", "network"],
+                        "properties": {
+                            "x402Version": {"type": "integer"},
+                            "scheme": _TEXT,
+                            "network": _TEXT,
+                            "extra": {"type": "object"},
+                        },
+                    },
+                },
+                "extensions": {"type": "array", "items": _TEXT},
+                "signers": {"type": "object", "additionalProperties": {"type": "array"}},
+            },
+        },
+        "UpstreamStatus": {
+            "type": "object",
+            "required": upstream_status_keys,
+            "properties": {
+                "state": {"enum": list(STATES)},
+                "recent": {
+                    "type": "object",
+                    "required": ["requests", "success_rate", "success_rate_lower_bound"],
+                    "properties": {
+                        "latency_ms": {
+                            "type": "object",
+                            "properties": {"verify": percentiles, "settle": percentiles},
+                        }
+                    },
+                },
+            },
+        },
+        "Status": {
+            "type": "object",
+            "required": ["version", "generated_at", "upstreams", "totals", "recent_settlements"],
+            "properties": {
+                "upstreams": {"type": "array", "items": _ref("UpstreamStatus")},
+                "recent_settlements": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["at", "upstream", "network", "result", "transaction"],
+                    },
+                },
+            },
+        },
+        "Timeline": {
+            "type": "object",
+            "required": ["window_s", "bucket_s", "upstreams"],
+            "properties": {"upstreams": {"type": "object"}},
+        },
+        "Health": {"type": "object", "required": ["status"]},
+        "AdminResult": {"type": "object", "required": ["name", "state", "reason"]},
+        "Error": {"type": "object", "required": ["error"], "properties": {"error": _TEXT}},
+    }
+
+
+def spec() -> JSONObject:
+    """The OpenAPI document of every route the server has."""
+    admin = {
+        "summary": "",
+        "security": [{"admin": []}],
+        "parameters": [{"name": "name", "in": "path", "required": True, "schema": _TEXT}],
+        "responses": {
+            "200": _json(_ref("AdminResult"), "The upstream's new state."),
+            "401": _json(_ref("Error"), "Missing or wrong admin token."),
+            "404": _json(_ref("Error"), "No such upstream, or the admin API is off."),
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "x402-aggregator",
+            "version": __version__,
+            "description": "An x402 facilitator in front of many: the facilitator API "
+            "(x402 v1 and v2) plus status, metrics and admin endpoints.",
+        },
+        "paths": {
+            "/verify": {
+                "post": _payment_operation(
+                    "Verify a payment.", "VerifyResponse", "UpstreamFailures"
+                )
+            },
+            "/settle": {
+                "post": _payment_operation(
+                    "Settle a payment.", "SettleResponse", "UpstreamFailures"
+                )
+            },
+            "/supported": {
+                "get": {
+                    "summary": "Kinds every upstream supports, merged; served from cache.",
+                    "responses": {"200": _json(_ref("SupportedResponse"), "Merged kinds.")},
+                }
+            },
+            "/status": {
+                "get": {
+                    "summary": "Per-upstream state, counters and latency.",
+                    "responses": {"200": _json(_ref("Status"), "Status.")},
+                }
+            },
+            "/api/facilitator-status": {
+                "get": {
+                    "summary": "Alias of /status.",
+                    "responses": {"200": _json(_ref("Status"), "Status.")},
+                }
+            },
+            "/status/timeline": {
+                "get": {
+                    "summary": "Calls and latency per upstream in time buckets.",
+                    "parameters": [
+                        {"name": "window_s", "in": "query", "schema": {"type": "number"}},
+                        {"name": "bucket_s", "in": "query", "schema": {"type": "number"}},
+                    ],
+                    "responses": {
+                        "200": _json(_ref("Timeline"), "Timeline."),
+                        "400": _json(_ref("Error"), "Bad parameters."),
+                    },
+                }
+            },
+            "/healthz": {
+                "get": {
+                    "summary": "Liveness.",
+                    "responses": {"200": _json(_ref("Health"), "Alive.")},
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics.",
+                    "responses": {"200": {"description": "Prometheus text format."}},
+                }
+            },
+            "/": {
+                "get": {
+                    "summary": "The live dashboard (one self-contained page).",
+                    "responses": {"200": {"description": "HTML."}},
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "summary": "This document.",
+                    "responses": {"200": {"description": "OpenAPI 3.1."}},
+                }
+            },
+            "/admin/upstreams/{name}/drain": {
+                "post": {**admin, "summary": "Take an upstream out of rotation."}
+            },
+            "/admin/upstreams/{name}/enable": {"post": {**admin, "summary": "Put it back."}},
+        },
+        "components": {
+            "schemas": _schemas(),
+            "securitySchemes": {"admin": {"type": "http", "scheme": "bearer"}},
+        },
+    }

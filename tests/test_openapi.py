@@ -1,0 +1,93 @@
+"""The OpenAPI document matches the routes the server has and the answers it gives."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+from jsonschema import Draft202012Validator
+from starlette.routing import Route
+
+from x402_aggregator.server import create_app
+from x402_aggregator.testing.fake_facilitator import Mode
+from x402_aggregator.testing.payloads import v2_body
+
+from .conftest import AggregatorFactory, FakeFactory
+
+
+def validator(spec: dict[str, Any], name: str) -> Draft202012Validator:
+    return Draft202012Validator({"$ref": f"#/components/schemas/{name}", **spec})
+
+
+def response_schema(spec: dict[str, Any], path: str, method: str, status: int) -> str:
+    responses = spec["paths"][path][method]["responses"]
+    ref: str = responses[str(status)]["content"]["application/json"]["schema"]["$ref"]
+    return ref.rsplit("/", 1)[1]
+
+
+def test_every_route_is_documented_and_nothing_else(
+    fakes: FakeFactory, aggregator: AggregatorFactory
+) -> None:
+    """The document's paths and methods are exactly the app's routes."""
+    agg = aggregator(fakes("primary"))
+    spec = agg.client.get("/openapi.json").json()
+    app = create_app(agg.engine.config)
+
+    routes = {
+        (route.path, method.lower())
+        for route in app.routes
+        if isinstance(route, Route)
+        for method in (route.methods or ())
+        if method != "HEAD"
+    }
+    documented = {(path, method) for path, item in spec["paths"].items() for method in item}
+
+    assert documented == routes
+    Draft202012Validator.check_schema({"$defs": spec["components"]["schemas"]})
+
+
+@pytest.mark.parametrize(
+    ("path", "method", "body", "mode"),
+    [
+        ("/verify", "post", v2_body(), None),
+        ("/settle", "post", v2_body(), None),
+        ("/verify", "post", v2_body(), Mode.INVALID),
+        ("/settle", "post", v2_body(), Mode.INVALID),
+        ("/verify", "post", b"{bad", None),
+        ("/settle", "post", v2_body(), Mode.HTTP500),
+        ("/verify", "post", v2_body(), Mode.HTTP500),
+        ("/supported", "get", None, None),
+        ("/status", "get", None, None),
+        ("/api/facilitator-status", "get", None, None),
+        ("/status/timeline", "get", None, None),
+        ("/healthz", "get", None, None),
+    ],
+)
+def test_answers_match_their_documented_schema(
+    fakes: FakeFactory,
+    aggregator: AggregatorFactory,
+    path: str,
+    method: str,
+    body: Any,
+    mode: Mode | None,
+) -> None:
+    """Real answers, good and bad, validate against the schema documented for their status."""
+    primary = fakes("primary")
+    agg = aggregator(primary)
+    agg.post("/settle", v2_body())  # so /status has a settlement and latencies to show
+    if mode is not None:
+        primary.set("*", mode)
+        primary.set("supported", Mode.OK)
+    spec = agg.client.get("/openapi.json").json()
+
+    if isinstance(body, bytes):
+        response: httpx.Response = agg.client.post(path, content=body)
+    elif body is not None:
+        response = agg.client.request(method.upper(), path, json=body)
+    else:
+        response = agg.client.request(method.upper(), path)
+
+    name = response_schema(spec, path, method, response.status_code)
+    errors = list(validator(spec, name).iter_errors(response.json()))
+    assert not errors, [e.message for e in errors]
