@@ -372,12 +372,18 @@ class Aggregator:
             "recent_settlements": list(self.recent_settlements),
         }
 
-    def timeline(self, window_s: float = 600, bucket_s: float = 10) -> JSONObject:
+    def timeline(
+        self, window_s: float = 600, bucket_s: float = 10, operation: Operation | None = None
+    ) -> JSONObject:
         """Per upstream, calls and latency in time buckets, for the dashboard's chart."""
         return {
+            "generated_at": _iso(time.time()),
             "window_s": window_s,
             "bucket_s": bucket_s,
-            "upstreams": {up.name: up.stats.timeline(window_s, bucket_s) for up in self.upstreams},
+            "operation": operation,
+            "upstreams": {
+                up.name: up.stats.timeline(window_s, bucket_s, operation) for up in self.upstreams
+            },
         }
 
 

@@ -228,6 +228,11 @@ def spec() -> JSONObject:
                     "parameters": [
                         {"name": "window_s", "in": "query", "schema": {"type": "number"}},
                         {"name": "bucket_s", "in": "query", "schema": {"type": "number"}},
+                        {
+                            "name": "operation",
+                            "in": "query",
+                            "schema": {"enum": ["verify", "settle"]},
+                        },
                     ],
                     "responses": {
                         "200": _json(_ref("Timeline"), "Timeline."),

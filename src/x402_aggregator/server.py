@@ -80,12 +80,20 @@ def create_app(config: Config | None = None, *, aggregator: Aggregator | None = 
         return _json(200, {"version": __version__, **engine.status()})
 
     async def timeline(request: Request) -> Response:
+        operations: dict[str | None, Operation | None] = {
+            None: None,
+            "verify": "verify",
+            "settle": "settle",
+        }
+        if request.query_params.get("operation") not in operations:
+            return _json(400, {"error": "operation must be verify or settle"})
+        operation = operations[request.query_params.get("operation")]
         try:
             window_s = min(float(request.query_params.get("window_s", 600)), 3600.0)
             bucket_s = max(float(request.query_params.get("bucket_s", 10)), 1.0)
         except ValueError:
             return _json(400, {"error": "window_s and bucket_s must be numbers"})
-        return _json(200, engine.timeline(window_s, bucket_s))
+        return _json(200, engine.timeline(window_s, bucket_s, operation))
 
     dashboard_page = (Path(__file__).parent / "dashboard.html").read_bytes()
 

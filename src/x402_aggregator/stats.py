@@ -58,11 +58,14 @@ class UpstreamStats:
             },
         }
 
-    def timeline(self, window_s: float, bucket_s: float) -> list[JSONObject]:
-        """Per time bucket: calls, failures and latency p50/p95, oldest first."""
+    def timeline(
+        self, window_s: float, bucket_s: float, operation: Operation | None = None
+    ) -> list[JSONObject]:
+        """Per time bucket: calls, failures and latency p50/p95/p99, oldest first."""
         buckets: dict[int, list[Sample]] = {}
         for sample in self.recent(window_s):
-            buckets.setdefault(int(sample.at // bucket_s), []).append(sample)
+            if operation is None or sample.operation == operation:
+                buckets.setdefault(int(sample.at // bucket_s), []).append(sample)
         return [
             {
                 "t": key * bucket_s,
