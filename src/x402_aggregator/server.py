@@ -1,6 +1,7 @@
-"""The HTTP face: the facilitator API (``/verify``, ``/settle``, ``/supported``) and status pages.
+"""The HTTP face: the facilitator API, status pages, metrics, dashboard and admin.
 
-Starlette on uvicorn; every answer is JSON, every error x402-shaped, no traceback ever leaves.
+``/verify`` and ``/settle`` are served by :mod:`.endpoints` (the hot path, raw ASGI); the rest
+by Starlette on uvicorn. Every answer is JSON, every error x402-shaped, no traceback ever leaves.
 """
 
 from __future__ import annotations
@@ -15,41 +16,47 @@ from pathlib import Path
 import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from . import __version__, logs, metrics, openapi
 from ._types import JSONObject, Operation
-from .aggregator import Aggregator, Reply, webhook_url
+from .aggregator import Aggregator, webhook_url
 from .auth import auth_headers
 from .config import Config
-from .errors import ConfigError, RequestError
-from .logs import request_id
-from .protocol import (
-    INVALID_PAYLOAD,
-    REQUEST_TOO_LARGE,
-    SETTLEMENT_OUTCOME_UNKNOWN,
-    UNEXPECTED_VERIFY_ERROR,
-    failure_body,
-)
+from .endpoints import PATHS, PaymentEndpoints
+from .errors import ConfigError
 
 logger = logging.getLogger("x402_aggregator.server")
 
-UPSTREAM_HEADER = "X-Aggregator-Upstream"
-ATTEMPTS_HEADER = "X-Aggregator-Attempts"
-#: Named when the aggregator itself answered (bad request, unsupported kind, all upstreams failed).
-NO_UPSTREAM = "none"
+
+class FacilitatorApp(PaymentEndpoints):
+    """The whole service as one ASGI app: the payment hot path, then Starlette for the rest."""
+
+    def __init__(self, engine: Aggregator, app: Starlette) -> None:
+        super().__init__(engine, app)
+        self.starlette = app
+
+    @property
+    def routes(self) -> list[tuple[str, str]]:
+        """(path, method) of every endpoint, for the OpenAPI check."""
+        routes = [(path, "post") for path in PATHS]
+        for route in self.starlette.routes:
+            if isinstance(route, Route):
+                routes += [(route.path, m.lower()) for m in route.methods or () if m != "HEAD"]
+        return routes
 
 
-def create_app(config: Config | None = None, *, aggregator: Aggregator | None = None) -> Starlette:
+def create_app(
+    config: Config | None = None, *, aggregator: Aggregator | None = None
+) -> FacilitatorApp:
     """Build the ASGI app around an :class:`Aggregator` (made from ``config`` if not given)."""
     if aggregator is None:
         if config is None:
             raise ValueError("create_app needs a config or an aggregator")
         aggregator = Aggregator(config)
     engine = aggregator
-    limit = engine.config.server.max_body_bytes
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -58,20 +65,6 @@ def create_app(config: Config | None = None, *, aggregator: Aggregator | None = 
         yield
         # Stop probing and close the upstream connection pools.
         await engine.aclose()
-
-    def payment_endpoint(operation: Operation) -> Callable[[Request], Awaitable[Response]]:
-        handle = engine.verify if operation == "verify" else engine.settle
-
-        async def endpoint(request: Request) -> Response:
-            rid = request_id(request.headers.get("x-request-id"))
-            try:
-                body = await _read_body(request, limit)
-            except RequestError as exc:
-                error = failure_body(operation, exc.reason, exc.message)
-                return _reply(Reply(exc.status, orjson.dumps(error)), rid)
-            return _reply(await handle(body, request_id=rid), rid)
-
-        return endpoint
 
     async def supported(request: Request) -> Response:
         return Response(engine.supported(), media_type="application/json")
@@ -145,8 +138,6 @@ def create_app(config: Config | None = None, *, aggregator: Aggregator | None = 
         return _json(200, {"name": name, "state": state, "reason": reason})
 
     routes = [
-        Route("/verify", payment_endpoint("verify"), methods=["POST"]),
-        Route("/settle", payment_endpoint("settle"), methods=["POST"]),
         Route("/supported", supported, methods=["GET"]),
         Route("/status", status, methods=["GET"]),
         Route("/status/timeline", timeline, methods=["GET"]),
@@ -164,28 +155,7 @@ def create_app(config: Config | None = None, *, aggregator: Aggregator | None = 
         lifespan=lifespan,
         exception_handlers={HTTPException: _http_error, Exception: _internal_error},
     )
-    app.state.aggregator = engine
-    return app
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    """Read the request body, refusing more than ``limit`` bytes without buffering them."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise RequestError(REQUEST_TOO_LARGE, _too_large(limit), status=413)
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise RequestError(REQUEST_TOO_LARGE, _too_large(limit), status=413)
-            chunks.append(chunk)
-    except ClientDisconnect:
-        raise RequestError(
-            INVALID_PAYLOAD, "the client disconnected before sending the whole body"
-        ) from None
-    return b"".join(chunks)
+    return FacilitatorApp(engine, app)
 
 
 def _admin_token(config: Config) -> str | None:
@@ -210,21 +180,6 @@ def check_secrets(config: Config) -> None:
             auth_headers(upstream)
 
 
-def _too_large(limit: int) -> str:
-    return f"request body is larger than {limit} bytes"
-
-
-def _reply(reply: Reply, rid: str) -> Response:
-    headers = {
-        UPSTREAM_HEADER: reply.upstream or NO_UPSTREAM,
-        ATTEMPTS_HEADER: str(reply.attempts),
-        "X-Request-Id": rid,
-    }
-    if reply.extension_responses:
-        headers["EXTENSION-RESPONSES"] = reply.extension_responses
-    return Response(reply.body, reply.status, headers, media_type="application/json")
-
-
 def _json(status: int, body: JSONObject) -> Response:
     return Response(orjson.dumps(body), status, media_type="application/json")
 
@@ -237,19 +192,10 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 async def _internal_error(request: Request, exc: Exception) -> Response:
     # The traceback goes to our log, never to the caller.
     logger.exception("internal error on %s %s", request.method, request.url.path)
-    path = request.url.path
-    message = "internal error in the aggregator"
-    if path == "/settle":
-        # A settle that crashed here may already have been forwarded: say so, never "failed".
-        body = failure_body("settle", SETTLEMENT_OUTCOME_UNKNOWN, message)
-    elif path == "/verify":
-        body = failure_body("verify", UNEXPECTED_VERIFY_ERROR, message)
-    else:
-        body = {"error": message}
-    return _json(500, body)
+    return _json(500, {"error": "internal error in the aggregator"})
 
 
-def app_from_environment() -> Starlette:
+def app_from_environment() -> FacilitatorApp:
     """App factory for uvicorn workers: the configuration comes from ``X402_AGGREGATOR_*``."""
     from .config import load_config
 
