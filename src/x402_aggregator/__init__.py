@@ -1,3 +1,26 @@
 """x402-aggregator: one x402 facilitator endpoint in front of many."""
 
+# Set before the imports below: several modules read it.
 __version__ = "0.1.0"
+
+from .aggregator import Aggregator, Reply
+from .client import AggregatorClient, AggregatorClientSync
+from .config import Config, load_config
+from .errors import AggregatorError, ConfigError, RequestError, TransportError
+from .upstream import Outcome, Upstream
+
+__all__ = [
+    "Aggregator",
+    "AggregatorClient",
+    "AggregatorClientSync",
+    "AggregatorError",
+    "Config",
+    "ConfigError",
+    "Outcome",
+    "Reply",
+    "RequestError",
+    "TransportError",
+    "Upstream",
+    "__version__",
+    "load_config",
+]

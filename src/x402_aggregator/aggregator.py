@@ -132,6 +132,18 @@ class Aggregator:
         await self._prober.start()
         self._watcher = asyncio.create_task(self._watch_states(), name="state watcher")
 
+    async def probe_once(self) -> None:
+        """Probe every upstream once on a throwaway connection pool, from any event loop.
+
+        For callers that need capabilities before :meth:`start` (the SDK's synchronous
+        ``get_supported`` at start-up): the engine's own pool belongs to the loop it starts in.
+        """
+        transport = AiohttpTransport(pool_size=max(1, len(self.upstreams)))
+        try:
+            await asyncio.gather(*(self._prober.probe(up, transport) for up in self.upstreams))
+        finally:
+            await transport.aclose()
+
     async def aclose(self) -> None:
         if self._watcher is not None:
             self._watcher.cancel()

@@ -25,6 +25,7 @@ from .errors import TransportError
 from .outlier import Breaker, Clock, OutlierPolicy
 
 if TYPE_CHECKING:
+    from .transport import Transport
     from .upstream import Outcome, Upstream
 
 logger = logging.getLogger("x402_aggregator.health")
@@ -239,10 +240,10 @@ class Prober:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
 
-    async def probe(self, upstream: Upstream) -> bool:
+    async def probe(self, upstream: Upstream, transport: Transport | None = None) -> bool:
         """Probe once, update capabilities and health; True when it answered."""
         try:
-            capabilities = await upstream.probe(self._config.timeout_s)
+            capabilities = await upstream.probe(self._config.timeout_s, transport)
         except (TransportError, ValueError) as exc:
             upstream.health.record_probe(str(exc))
             self._on_change()

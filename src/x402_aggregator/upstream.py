@@ -136,9 +136,9 @@ class Upstream:
         elapsed = time.perf_counter() - started
         return _classify(operation, self.name, response, request.kind.network, elapsed)
 
-    async def probe(self, timeout_s: float) -> Capabilities:
+    async def probe(self, timeout_s: float, transport: Transport | None = None) -> Capabilities:
         """Fetch ``/supported``; raise ``TransportError`` or ``ValueError`` if it fails."""
-        response = await self._transport.send(
+        response = await (transport or self._transport).send(
             UpstreamRequest(
                 method="GET",
                 url=f"{self._base}/supported",
