@@ -28,6 +28,7 @@ from .health import Prober, UpstreamHealth
 from .logs import REQUEST_ID, short
 from .outlier import Clock, OutlierPolicy
 from .protocol import (
+    DUPLICATE_SETTLEMENT,
     NO_UPSTREAM_AVAILABLE,
     SETTLEMENT_OUTCOME_UNKNOWN,
     SETTLEMENT_PENDING,
@@ -37,6 +38,7 @@ from .protocol import (
     parse_request,
 )
 from .routing import Attempt, Router
+from .settlements import Settlement, Settlements
 from .stats import RECENT_SETTLEMENTS
 from .transport import AiohttpTransport, Transport
 from .upstream import Outcome, Upstream
@@ -118,6 +120,7 @@ class Aggregator:
             "ambiguous_settlements": 0,
         }
         self.recent_settlements: deque[JSONObject] = deque(maxlen=RECENT_SETTLEMENTS)
+        self.settlements = Settlements()
 
     @property
     def upstreams(self) -> tuple[Upstream, ...]:
@@ -182,8 +185,13 @@ class Aggregator:
         return await self._handle("verify", body, request_id)
 
     async def settle(self, body: bytes, *, request_id: str | None = None) -> Reply:
-        """Settle a payment; move to another upstream only if the previous never received it."""
-        return await self._handle("settle", body, request_id)
+        """Settle a payment; move to another upstream only if the previous never received it.
+
+        The settle runs in its own task: if the caller goes away (cancelled), it still
+        finishes and its outcome is recorded, instead of being cut off half-way.
+        """
+        task = asyncio.create_task(self._handle("settle", body, request_id))
+        return await asyncio.shield(task)
 
     def supported(self) -> bytes:
         """The merged ``/supported`` body, from cache: never waits on an upstream."""
@@ -261,20 +269,41 @@ class Aggregator:
         return replace(_relay(outcome, run.attempts), outcome="valid" if valid else "invalid")
 
     async def _settle(self, request: PaymentRequest, plan: Sequence[Attempt]) -> Reply:
-        reply = await self._settle_once(request, plan)
-        return replace(reply, outcome=self._note_settlement(request, reply))
+        previous = self.settlements.get(request.identity)
+        if previous is not None and previous.state == "in_flight":
+            # A duplicate while the first is in flight: wait for it, send nothing.
+            await asyncio.shield(previous.done)
+            previous = self.settlements.get(request.identity)
+        if previous is not None and previous.state == "settled":
+            return _duplicate(request, previous)
+        sticky = previous.upstream if previous is not None else None
+        if sticky is not None:
+            # It may have landed there: only that upstream may be asked again.
+            plan = [Attempt(up, panic=True) for up in self.upstreams if up.name == sticky]
+        entry = self.settlements.begin(request.identity, previous)
+        reply: Reply | None = None
+        try:
+            reply = await self._settle_once(request, plan)
+            if sticky is not None and _result_of(reply.json()) not in ("settled", "pending"):
+                # After an attempt that may have landed, a refusal ("nonce already used") or an
+                # unreachable upstream proves nothing: the first attempt may be the one that won.
+                reply = _still_unknown(request, reply, sticky)
+            result = self._note_settlement(request, reply)
+            return replace(reply, outcome=result)
+        finally:
+            if reply is None:  # an exception: nobody knows what happened
+                self.settlements.finish(request.identity, entry, "unknown", None, None)
+            else:
+                answer = reply.json()
+                transaction = answer.get("transaction") or None
+                self.settlements.finish(
+                    request.identity, entry, _result_of(answer), reply.upstream, transaction
+                )
 
     def _note_settlement(self, request: PaymentRequest, reply: Reply) -> str:
         """Count the settle's result and list it among the recent ones; return the result."""
         answer = reply.json()
-        if answer.get("success") is True:
-            result = "settled"
-        else:
-            result = {
-                SETTLEMENT_OUTCOME_UNKNOWN: "unknown",
-                SETTLEMENT_PENDING: "pending",
-                NO_UPSTREAM_AVAILABLE: "no_upstream",
-            }.get(str(answer.get("errorReason")), "failed")
+        result = _result_of(answer)
         if result == "unknown":
             self.totals["ambiguous_settlements"] += 1
             self.alerts.emit(
@@ -301,12 +330,15 @@ class Aggregator:
     async def _settle_once(self, request: PaymentRequest, plan: Sequence[Attempt]) -> Reply:
         failed: list[Outcome] = []
         deadline = self._clock() + self.config.routing.settle_deadline_s
-        for attempt in plan:
+        queue = deque(plan)
+        while queue:
+            attempt = queue.popleft()
             remaining = deadline - self._clock()
             if remaining <= 0:
                 return _all_failed("settle", request, failed, "the settle deadline passed")
             claimed = self._claim(attempt, request)
-            if claimed is None:
+            if claimed is None:  # it became unavailable: reached only in panic mode
+                queue.append(Attempt(attempt.upstream, panic=True))
                 continue
             if failed:
                 self.totals["failovers"] += 1
@@ -341,8 +373,9 @@ class Aggregator:
         network = request.kind.network
         try:
             outcome = await upstream.call(operation, request, timeout_s=timeout_s)
-        except asyncio.CancelledError:
-            # A hedge that lost: no outcome to count, but a claimed trial must be given back.
+        except BaseException:
+            # A hedge that lost (cancelled), or a bug: no outcome to count, but a claimed
+            # half-open trial must be given back or the upstream would stay out for good.
             if claimed:
                 upstream.health.release(network)
             metrics.UPSTREAM_REQUESTS.labels(upstream.name, operation, "cancelled").inc()
@@ -438,8 +471,10 @@ class _VerifyRun:
                         self._overtaken(started)
                         return outcome
                     self.failed.append(outcome)
-                    # An upstream-side rejection is kept in case no other upstream does better.
-                    if self.fallback is None and outcome.answer is not None:
+                    # An upstream-side rejection is kept in case no other upstream does better;
+                    # an "isValid: true" under a 5xx/429/3xx status is never trusted.
+                    answer = outcome.answer
+                    if self.fallback is None and answer is not None and not answer["isValid"]:
                         self.fallback = outcome
                 if not self.pending:
                     self._launch()
@@ -458,8 +493,8 @@ class _VerifyRun:
         """
         now = time.perf_counter()
         network = self.request.kind.network
-        for upstream, started in list(self.pending.values()):
-            if started < winner_started:
+        for task, (upstream, started) in list(self.pending.items()):
+            if started < winner_started and not task.done():
                 waited_ms = (now - started) * 1000
                 upstream.health.record(
                     Outcome(
@@ -473,7 +508,11 @@ class _VerifyRun:
                 )
 
     def _hedge_delay(self) -> float | None:
+        # Hedge only to an available upstream: a hedge to an ejected one could get the slower
+        # but healthy first attempt counted as overtaken.
         if not (self.routing.hedge and self.hedging_allowed and self.queue):
+            return None
+        if self.queue[0].panic:
             return None
         if self.routing.hedge_after_ms is not None:
             delay_ms = self.routing.hedge_after_ms
@@ -517,6 +556,41 @@ class _VerifyRun:
             self.pending[task] = (attempt.upstream, time.perf_counter())
             return True
         return False
+
+
+def _result_of(answer: JSONObject) -> str:
+    """A settle answer as a bounded result: settled, pending, unknown, no_upstream, failed."""
+    if answer.get("success") is True:
+        return "settled"
+    return {
+        SETTLEMENT_OUTCOME_UNKNOWN: "unknown",
+        SETTLEMENT_PENDING: "pending",
+        NO_UPSTREAM_AVAILABLE: "no_upstream",
+        DUPLICATE_SETTLEMENT: "duplicate",
+    }.get(str(answer.get("errorReason")), "failed")
+
+
+def _still_unknown(request: PaymentRequest, reply: Reply, upstream: str) -> Reply:
+    message = (
+        f"an earlier settle of this payment at {upstream} may have landed and this retry "
+        f"could not confirm it ({_result_of(reply.json())}); it is not retried elsewhere"
+    )
+    body = failure_body("settle", SETTLEMENT_OUTCOME_UNKNOWN, message, request.kind.network)
+    return Reply(200, orjson.dumps(body), upstream, reply.attempts)
+
+
+def _duplicate(request: PaymentRequest, previous: Settlement) -> Reply:
+    """This payment was settled and reported already: say so, with the original transaction."""
+    body = failure_body(
+        "settle",
+        DUPLICATE_SETTLEMENT,
+        "this payment has already been settled; the transaction is the original one",
+        request.kind.network,
+    )
+    body["transaction"] = previous.transaction or ""
+    if request.payer:
+        body["payer"] = request.payer
+    return Reply(200, orjson.dumps(body), previous.upstream, 0, outcome="duplicate")
 
 
 def webhook_url(config: AlertsConfig) -> str | None:

@@ -26,7 +26,8 @@ def auth_headers(
 
 
 def _secret(upstream: UpstreamConfig, field: str, variable: str, environ: Mapping[str, str]) -> str:
-    value = environ.get(variable, "")
+    # Secrets mounted from files often end in a newline, which no HTTP header may carry.
+    value = environ.get(variable, "").strip()
     if not value:
         raise ConfigError(
             f"upstream {upstream.name!r}: auth.{field} names environment variable {variable}, "

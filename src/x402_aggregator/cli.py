@@ -111,8 +111,7 @@ def serve(
             http="httptools",
             loop="uvloop" if os.name != "nt" else "asyncio",
             # In-flight settles must finish: cutting one off loses its outcome.
-            timeout_graceful_shutdown=math.ceil(max(u.settle_timeout for u in settings.upstreams))
-            + 5,
+            timeout_graceful_shutdown=math.ceil(settings.routing.settle_deadline_s) + 5,
         )
     except ConfigError as exc:  # e.g. an auth variable that is not set
         err.print(f"[red]error:[/red] {exc}", highlight=False)

@@ -88,8 +88,9 @@ class PaymentEndpoints:
             (ATTEMPTS_HEADER, str(reply.attempts).encode()),
             (b"x-request-id", rid.encode()),
         ]
-        if reply.extension_responses:
-            extra.append((b"extension-responses", reply.extension_responses.encode("latin-1")))
+        if reply.extension_responses and reply.extension_responses.isascii():
+            # Base64 by the spec; anything else is not worth turning a settled payment into a 500.
+            extra.append((b"extension-responses", reply.extension_responses.encode()))
         await _send(send, reply.status, reply.body, extra)
 
 

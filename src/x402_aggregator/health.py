@@ -72,14 +72,17 @@ class UpstreamHealth:
             breaker = self.networks[network] = Breaker(self.policy, self.clock)
         return breaker
 
-    def available(self, network: str) -> bool:
-        """May this upstream take a payment on ``network`` now (without claiming a trial)?"""
-        return (
-            not self.drained
-            and self.probe_state != "unhealthy"
-            and self.breaker.allows()
-            and self.network(network).allows()
-        )
+    def available(self, network: str, *, trial: bool = True) -> bool:
+        """May this upstream take a payment on ``network`` now (without claiming a trial)?
+
+        ``trial=False``: only if no half-open trial would be needed (settles are no trials).
+        """
+        breakers = (self.breaker, self.network(network))
+        if self.drained or self.probe_state == "unhealthy":
+            return False
+        if not trial:
+            return all(b.current_state() == "closed" for b in breakers)
+        return all(b.allows() for b in breakers)
 
     def claim(self, network: str) -> bool:
         """Take the right to send one request; only one caller gets a half-open trial."""

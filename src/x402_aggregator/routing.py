@@ -128,7 +128,9 @@ class Router:
         """Available candidates in strategy order, then the ejected ones (panic mode)."""
         network = request.kind.network
         usable = [up for up in candidates if not up.health.drained]
-        available = [up for up in usable if up.health.available(network)]
+        # A half-open upstream is tried again with a verify, never with someone's money.
+        trial = operation == "verify"
+        available = [up for up in usable if up.health.available(network, trial=trial)]
         # The strategy balances upstreams known to support the kind; unknown ones stay last.
         known = [up for up in available if up.capabilities is not None]
         ordered = [

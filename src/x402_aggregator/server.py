@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import math
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -85,7 +86,9 @@ def create_app(
             window_s = min(float(request.query_params.get("window_s", 600)), 3600.0)
             bucket_s = max(float(request.query_params.get("bucket_s", 10)), 1.0)
         except ValueError:
-            return _json(400, {"error": "window_s and bucket_s must be numbers"})
+            window_s = bucket_s = math.nan
+        if not (math.isfinite(window_s) and math.isfinite(bucket_s)):
+            return _json(400, {"error": "window_s and bucket_s must be finite numbers"})
         return _json(200, engine.timeline(window_s, bucket_s, operation))
 
     dashboard_page = (Path(__file__).parent / "dashboard.html").read_bytes()

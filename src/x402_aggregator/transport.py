@@ -89,14 +89,30 @@ class AiohttpTransport:
                 timeout=timeout,
                 allow_redirects=False,
             ) as response:
-                body = await response.content.read(MAX_ANSWER_BYTES)
-                return UpstreamResponse(response.status, response.headers, body)
+                return UpstreamResponse(response.status, response.headers, await _body(response))
 
     async def aclose(self) -> None:
         for session in (self._pooled, self._fresh):
             if session is not None:
                 await session.close()
         self._pooled = self._fresh = None
+
+
+async def _body(response: aiohttp.ClientResponse) -> bytes:
+    """The whole answer, to EOF; past ``MAX_ANSWER_BYTES`` it is cut (and so is no answer).
+
+    ``StreamReader.read(n)`` returns what has arrived so far, not the whole body: an answer
+    sent in two packets would be cut in half.
+    """
+    chunks: list[bytes] = []
+    size = 0
+    while size <= MAX_ANSWER_BYTES:
+        chunk = await response.content.read(64 * 1024)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)[: MAX_ANSWER_BYTES + 1]
 
 
 def _make_session(connector: aiohttp.TCPConnector) -> aiohttp.ClientSession:

@@ -10,6 +10,7 @@ Every call ends in an :class:`Outcome`, never an exception, so the aggregator de
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Literal
@@ -21,7 +22,7 @@ from ._types import JSONObject, Operation
 from .auth import auth_headers
 from .capabilities import Capabilities, parse_supported
 from .config import UpstreamConfig
-from .errors import TransportError
+from .errors import ConnectionLost, TransportError
 from .health import UpstreamHealth
 from .logs import REQUEST_ID
 from .protocol import SETTLEMENT_PENDING, PaymentRequest, normalise_answer, reason_of
@@ -29,6 +30,7 @@ from .stats import UpstreamStats
 from .transport import Transport, UpstreamRequest, UpstreamResponse
 
 OutcomeKind = Literal["ok", "rejected", "retryable", "ambiguous"]
+logger = logging.getLogger("x402_aggregator.upstream")
 
 #: Verify rejections that say more about the upstream than the payment: another may accept it.
 SOFT_VERIFY_REASONS = frozenset(
@@ -121,17 +123,18 @@ class Upstream:
         started = time.perf_counter()
         try:
             response = await self._transport.send(outgoing)
-        except TransportError as exc:
+        except (TransportError, ValueError, RuntimeError) as exc:
+            error = exc if isinstance(exc, TransportError) else _unexpected(operation, self, exc)
             elapsed = time.perf_counter() - started
             # For a settle, "retryable" means exactly this: the request never reached the upstream.
-            kind: OutcomeKind = "retryable" if exc.never_arrived or not settle else "ambiguous"
+            kind: OutcomeKind = "retryable" if error.never_arrived or not settle else "ambiguous"
             return Outcome(
                 kind,
                 self.name,
                 elapsed,
-                error=str(exc),
+                error=str(error),
                 operation=operation,
-                never_arrived=exc.never_arrived,
+                never_arrived=error.never_arrived,
             )
         elapsed = time.perf_counter() - started
         return _classify(operation, self.name, response, request.kind.network, elapsed)
@@ -154,6 +157,16 @@ class Upstream:
         except orjson.JSONDecodeError:
             raise ValueError("/supported answered a body that is not JSON") from None
         return parse_supported(data)
+
+
+def _unexpected(operation: Operation, upstream: Upstream, exc: Exception) -> TransportError:
+    """An error the transport did not map (aiohttp refusing a header value, say).
+
+    Whether any byte left is unknown, so it counts as "may have arrived". Only the exception's
+    type is logged: its text may quote a header, and headers carry credentials.
+    """
+    logger.error("%s to %s failed unexpectedly: %s", operation, upstream.name, type(exc).__name__)
+    return ConnectionLost(f"unexpected {type(exc).__name__} while calling the upstream")
 
 
 def _classify(
