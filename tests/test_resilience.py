@@ -143,21 +143,28 @@ def test_settles_are_never_hedged(fakes: FakeFactory, aggregator: AggregatorFact
     assert backup.calls["settle"] == 0
 
 
-def test_an_exhausted_retry_budget_stops_failover(
+def test_an_exhausted_retry_budget_spares_a_sick_pool(
     fakes: FakeFactory, aggregator: AggregatorFactory
 ) -> None:
-    """With no retry budget left, a failing primary is not retried elsewhere: the pool is spared."""
+    """With no budget left, ejected upstreams get one call per request, not one each."""
     primary, backup = fakes("primary"), fakes("backup")
     agg = aggregator(
-        primary, backup, routing={"retry_budget_ratio": 0, "retry_budget_min": 0, "hedge": False}
+        primary,
+        backup,
+        routing={"retry_budget_ratio": 0, "retry_budget_min": 0, "hedge": False},
+        health={"outlier": {"consecutive_failures": 1, "base_ejection_s": 60}},
     )
     primary.set("verify", Mode.HTTP500)
+    backup.set("verify", Mode.HTTP500)
+    agg.post("/verify", v2_body())  # ejects both: failing over to a healthy backup is free
+    calls = (primary.calls["verify"], backup.calls["verify"])
 
-    response = agg.post("/verify", v2_body())
+    response = agg.post("/verify", v2_body())  # panic mode: the second try needs budget
 
+    assert calls == (1, 1)
     assert response.status_code == 502
     assert "retry budget" in response.json()["invalidMessage"]
-    assert backup.calls["verify"] == 0
+    assert (primary.calls["verify"], backup.calls["verify"]) == (2, 1)
 
 
 def test_the_verify_deadline_bounds_every_attempt(

@@ -436,7 +436,7 @@ class _VerifyRun:
     """One verify: failover on unusable answers, hedging when the current attempt is slow.
 
     The first definitive answer (valid, or a rejection about the payment) wins and the other
-    attempts in flight are cancelled. Extra attempts come out of the retry budget.
+    attempts in flight are cancelled. Hedges and panic-mode retries come out of the retry budget.
     """
 
     def __init__(self, engine: Aggregator, request: PaymentRequest, plan: Sequence[Attempt]):
@@ -530,7 +530,11 @@ class _VerifyRun:
             if claimed is None:
                 self.queue.append(Attempt(attempt.upstream, panic=True))
                 continue
-            if self.attempts and not engine.budget.try_acquire():
+            # Extra attempts that add load where it may hurt come out of the budget: hedges
+            # (speculative) and panic-mode calls to upstreams already known to be sick. Failing
+            # over to a healthy upstream after a failure is what the aggregator is for.
+            budgeted = hedge or attempt.panic
+            if self.attempts and budgeted and not engine.budget.try_acquire():
                 if claimed:
                     attempt.upstream.health.release(self.request.kind.network)
                 self.stopped_by = "the retry budget is exhausted"
