@@ -1,164 +1,193 @@
-"""Added latency and throughput of the aggregator versus calling a facilitator directly.
+"""Added latency: one open-loop verify load, direct to a fake upstream and through the aggregator.
 
-Runs, side by side in one go, a fake facilitator (zero work) and the aggregator in front of it, each
-in its own process, and a load generator in this process (aiohttp, keep-alive):
+A fake facilitator with a fixed small latency and the aggregator (``x402-aggregator serve``) run
+pinned to one core; the load generator (:mod:`bench.loadgen`) runs pinned to the other. At each
+rate the two paths take turns in 1 s blocks, so both see the same machine. Latency is measured
+from each request's scheduled send time; "added" is through minus direct, quantile by quantile.
+The aggregator's RSS is sampled throughout (:mod:`bench.memory`).
 
-1. sequential verifies, direct and through the aggregator: p50/p90/p99 and the difference;
-2. closed-loop verifies with N in flight for a few seconds: requests/s, direct and through.
-
-    python bench/overhead.py [--requests 2000] [--concurrency 32] [--seconds 5]
-
-Everything listens on 127.0.0.1; every loop is bounded by count or time. A fuller suite
-(open-loop rates, nginx, faults, memory) belongs in `bench/` as the benchmarks issue lands.
+    python -m bench.overhead [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import os
-import statistics
-import subprocess
-import sys
-import tempfile
+import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import aiohttp
-import orjson
+from .loadgen import LoadResult, Target
+from .loadrun import run_load, verify_load
+from .memory import MemoryResult, RssSampler, rss_mib
+from .services import HOST, LOAD_CPU, SUT_CPU, start_aggregator, start_fake
+from .settings import Settings
+from .stats import Summary, percentile
+from .workspace import workspace
 
-from x402_aggregator.testing.live import free_port
-from x402_aggregator.testing.payloads import v2_body
+#: A generator whose CPU, rate or dispatch lag crosses these is called saturated.
+MAX_GENERATOR_CPU = 0.8
+MIN_RATE_SHARE = 0.98
+MAX_DISPATCH_LAG_P99_US = 1000.0
 
 
-def start(args: list[str], ready: str) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen(
-        [sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+@dataclass(frozen=True, slots=True)
+class GeneratorStats:
+    target_rate: float
+    achieved_rate: float
+    cpu: float  #: process CPU time / wall time over the schedule
+    lag_p50_us: float
+    lag_p99_us: float
+    sent: int
+    scheduling: str
+
+    @property
+    def saturated(self) -> bool:
+        """Out of CPU or behind schedule: then the measurement says little about the server."""
+        return (
+            self.cpu > MAX_GENERATOR_CPU or self.achieved_rate < MIN_RATE_SHARE * self.target_rate
+        )
+
+    @property
+    def late_wakeups(self) -> bool:
+        """Not saturated, but the timer's wake-ups were often late (a busy or noisy core)."""
+        return self.lag_p99_us > MAX_DISPATCH_LAG_P99_US
+
+    @property
+    def verdict(self) -> str:
+        if self.saturated:
+            return "**saturated**"
+        if self.late_wakeups:
+            return "not saturated; **late wake-ups** (p99 lag > 1 ms)"
+        return "not saturated"
+
+    @classmethod
+    def of(cls, result: LoadResult) -> GeneratorStats:
+        return cls(
+            result.rate,
+            result.achieved_rate,
+            result.cpu_utilisation,
+            percentile(result.lag_us, 50),
+            percentile(result.lag_us, 99),
+            result.sent,
+            result.scheduling,
+        )
+
+
+@dataclass(slots=True)
+class RateResult:
+    rate: int
+    seconds_per_path: float
+    direct: Summary
+    through: Summary
+    direct_errors: int
+    through_errors: int
+    generator: GeneratorStats
+    #: Sorted latencies per path, for the percentile plot.
+    direct_sorted: list[float] = field(repr=False, default_factory=list)
+    through_sorted: list[float] = field(repr=False, default_factory=list)
+
+    @property
+    def added(self) -> Summary:
+        return self.through.minus(self.direct)
+
+
+@dataclass(slots=True)
+class OverheadResult:
+    upstream_latency_ms: float
+    block_s: float
+    rates: list[RateResult]
+    memory: MemoryResult
+
+    def at(self, rate: int) -> RateResult | None:
+        return next((r for r in self.rates if r.rate == rate), None)
+
+
+def _errors(result: LoadResult, indices: list[int]) -> int:
+    return sum(not result.ok(i) for i in indices)
+
+
+def run(settings: Settings, workdir: Path) -> OverheadResult:
+    lifetime = 2 * settings.overhead_seconds_per_path * len(settings.overhead_rates) + 120
+    fake = start_fake(
+        "upstream",
+        workdir,
+        latency_ms=settings.upstream_latency_ms,
+        cpu=SUT_CPU,
+        lifetime_s=lifetime,
     )
-    deadline = time.monotonic() + 30
-    assert process.stdout is not None
-    while time.monotonic() < deadline:
-        line = process.stdout.readline().decode()
-        if ready in line:
-            return process
-        if process.poll() is not None:
-            break
-    process.kill()
-    raise RuntimeError(f"{args} did not start")
+    try:
+        agg = start_aggregator(
+            "aggregator",
+            workdir,
+            [{"name": "upstream", "url": fake.url}],
+            cpu=SUT_CPU,
+            lifetime_s=lifetime,
+        )
+    except BaseException:
+        fake.stop()
+        raise
+    processes = agg.processes()
+    sampler = RssSampler(processes)
+    try:
+        time.sleep(settings.pause_s)  # start-up probes done, allocator settled
+        idle = rss_mib(processes)
+        sampler.start()
+        rates = []
+        for rate in settings.overhead_rates:
+            sampler.phase(f"{rate} req/s")
+            spec = verify_load(
+                targets=[Target(HOST, fake.port), Target(HOST, agg.port)],
+                rate=rate,
+                duration_s=2 * settings.overhead_seconds_per_path,
+                block_s=settings.overhead_block_s,
+                cpu=LOAD_CPU,
+            )
+            result = run_load(spec, workdir, f"overhead-{rate}")
+            rates.append(_summarise(rate, settings.overhead_seconds_per_path, result))
+        sampler.phase("after load")
+        time.sleep(settings.pause_s)
+        after = rss_mib(processes)
+    finally:
+        sampler.stop()
+        agg.stop()
+        fake.stop()
+    heaviest = f"{max(settings.overhead_rates)} req/s"
+    memory = MemoryResult(
+        idle, sampler.peak(heaviest), heaviest, after, settings.pause_s, sampler.samples
+    )
+    return OverheadResult(settings.upstream_latency_ms, settings.overhead_block_s, rates, memory)
 
 
-async def sequential(url: str, body: bytes, count: int) -> list[float]:
-    async with aiohttp.ClientSession() as session:
-        for _ in range(50):  # warm the pools and caches
-            async with session.post(url, data=body) as response:
-                await response.read()
-        samples = []
-        for _ in range(count):
-            started = time.perf_counter()
-            async with session.post(url, data=body) as response:
-                await response.read()
-                assert response.status == 200
-            samples.append((time.perf_counter() - started) * 1000)
-    return samples
-
-
-async def closed_loop(url: str, body: bytes, concurrency: int, seconds: float) -> float:
-    done = 0
-    deadline = time.monotonic() + seconds
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector) as session:
-
-        async def worker() -> None:
-            nonlocal done
-            while time.monotonic() < deadline:
-                async with session.post(url, data=body) as response:
-                    await response.read()
-                done += 1
-
-        started = time.monotonic()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return done / (time.monotonic() - started)
-
-
-def pct(samples: list[float], q: float) -> float:
-    return statistics.quantiles(samples, n=100)[int(q) - 1]
+def _summarise(rate: int, seconds: float, result: LoadResult) -> RateResult:
+    direct, through = result.indices(0), result.indices(1)
+    d = sorted(result.latency_ms[i] for i in direct)
+    t = sorted(result.latency_ms[i] for i in through)
+    return RateResult(
+        rate=rate,
+        seconds_per_path=seconds,
+        direct=Summary.of(d),
+        through=Summary.of(t),
+        direct_errors=_errors(result, direct),
+        through_errors=_errors(result, through),
+        generator=GeneratorStats.of(result),
+        direct_sorted=d,
+        through_sorted=t,
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=2000)
-    parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
+    from .report import memory_section, overhead_section
 
-    fake_port, agg_port = free_port(), free_port()
-    fake = start(
-        [
-            "-m",
-            "x402_aggregator.testing.fake_facilitator",
-            "--port",
-            str(fake_port),
-            "--lifetime-s",
-            "300",
-        ],
-        "ready",
-    )
-    with tempfile.TemporaryDirectory() as tmp:
-        config = Path(tmp) / "bench.yaml"
-        config.write_text(
-            f"server: {{host: 127.0.0.1, port: {agg_port}, log_level: warning}}\n"
-            f"upstreams:\n  - {{name: fake, url: 'http://127.0.0.1:{fake_port}'}}\n"
-        )
-        env = {**os.environ}
-        agg = subprocess.Popen(
-            [sys.executable, "-m", "x402_aggregator", "serve", "--config", str(config)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env=env,
-        )
-        try:
-            time.sleep(0.5)
-            asyncio.run(_wait(f"http://127.0.0.1:{agg_port}/healthz"))
-            body = orjson.dumps(v2_body())
-            direct = f"http://127.0.0.1:{fake_port}/verify"
-            through = f"http://127.0.0.1:{agg_port}/verify"
-            report(args, body, direct, through)
-        finally:
-            agg.terminate()
-            fake.terminate()
-            agg.wait(10)
-            fake.wait(10)
-
-
-def report(args: argparse.Namespace, body: bytes, direct: str, through: str) -> None:
-    d = asyncio.run(sequential(direct, body, args.requests))
-    t = asyncio.run(sequential(through, body, args.requests))
-    print(f"sequential verifies, n={args.requests} each (ms)")
-    print("| path | p50 | p90 | p99 |")
-    print("|---|---|---|---|")
-    for name, s in (("direct", d), ("through aggregator", t)):
-        print(f"| {name} | {pct(s, 50):.3f} | {pct(s, 90):.3f} | {pct(s, 99):.3f} |")
-    print(
-        f"| added | {pct(t, 50) - pct(d, 50):.3f} | {pct(t, 90) - pct(d, 90):.3f} "
-        f"| {pct(t, 99) - pct(d, 99):.3f} |"
-    )
-    rd = asyncio.run(closed_loop(direct, body, args.concurrency, args.seconds))
-    rt = asyncio.run(closed_loop(through, body, args.concurrency, args.seconds))
-    print(f"\nclosed loop, {args.concurrency} in flight, {args.seconds:g} s each (verify/s)")
-    print(f"| direct | {rd:,.0f} |\n| through aggregator | {rt:,.0f} |")
-
-
-async def _wait(url: str) -> None:
-    async with aiohttp.ClientSession() as session:
-        for _ in range(200):
-            try:
-                async with session.get(url) as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.05)
-    raise RuntimeError("aggregator did not start")
+    with workspace() as workdir:
+        result = run(Settings(quick=args.quick), workdir)
+    print(overhead_section(result))
+    print(memory_section(result.memory))
+    if any(math.isnan(r.through.p50) for r in result.rates):
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

@@ -146,9 +146,13 @@ class Router:
         """Note that ``upstream`` verified this payment, so its settle goes there first."""
         if self._affinity_ttl <= 0:
             return
-        self._affinity[request.identity] = (upstream.name, self._clock() + self._affinity_ttl)
+        now = self._clock()
+        self._affinity[request.identity] = (upstream.name, now + self._affinity_ttl)
         self._affinity.move_to_end(request.identity)
-        while len(self._affinity) > AFFINITY_ENTRIES:
+        # Oldest first, and all share one TTL: expired entries are all at the front.
+        while self._affinity and (
+            len(self._affinity) > AFFINITY_ENTRIES or next(iter(self._affinity.values()))[1] < now
+        ):
             self._affinity.popitem(last=False)
 
     def _affine_first(self, request: PaymentRequest, ordered: list[Upstream]) -> list[Upstream]:

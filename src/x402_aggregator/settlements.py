@@ -51,7 +51,11 @@ class Settlements:
         entry = Settlement("in_flight", upstream=previous.upstream if previous else None)
         self._entries[identity] = entry
         self._entries.move_to_end(identity)
-        while len(self._entries) > self._max:
+        # Oldest first: drop the expired ones (and any beyond the cap) from the front.
+        while self._entries and (
+            len(self._entries) > self._max
+            or time.monotonic() - next(iter(self._entries.values())).at > self._ttl_s
+        ):
             self._entries.popitem(last=False)
         return entry
 

@@ -1,0 +1,111 @@
+"""Real payments on the local test bed: verify and settle direct to each facilitator vs through.
+
+Starts the test bed (anvil with Circle's USDC, the Python-SDK and the TypeScript-SDK
+facilitators), then for each facilitator an aggregator (``x402-aggregator serve``) that has it
+as primary. Fresh signed payments are verified and settled one at a time, alternating direct and
+through the aggregator, so both paths see the same chain. (Comparing with the ledger on waits
+for the ledger issue.)
+
+    python -m bench.settle [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from x402_aggregator.testbed.network import TestBed
+
+from .services import start_aggregator
+from .settings import Settings
+from .stats import Summary
+from .workspace import workspace
+
+AMOUNT = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class SettleRow:
+    facilitator: str
+    path: str  #: "direct" or "through aggregator"
+    verify: Summary
+    settle: Summary
+
+
+@dataclass(slots=True)
+class SettleResult:
+    startup_s: float
+    calls: int
+    warmup: int
+    rows: list[SettleRow]
+
+
+def _timed(client: httpx.Client, path: str, body: dict[str, object], flag: str) -> float:
+    started = time.perf_counter()
+    response = client.post(path, json=body)
+    elapsed = (time.perf_counter() - started) * 1000
+    if response.json().get(flag) is not True:
+        raise RuntimeError(f"{path} at {client.base_url} failed: {response.text[:300]}")
+    return elapsed
+
+
+def run(settings: Settings, workdir: Path) -> SettleResult:
+    calls = settings.settle_calls
+    (workdir / "testbed").mkdir(exist_ok=True)
+    bed = TestBed.start(lifetime_s=300, log_dir=workdir / "testbed")
+    rows: list[SettleRow] = []
+    try:
+        for name in bed.facilitators:
+            others = [n for n in bed.facilitators if n != name]
+            config = bed.aggregator_config(name, *others)
+            agg = start_aggregator(
+                f"aggregator-{name}",
+                workdir,
+                config["upstreams"],
+                extra={"health": config["health"]},
+                cpu=None,
+                lifetime_s=240,
+            )
+            samples: dict[str, tuple[list[float], list[float]]] = {
+                "direct": ([], []),
+                "through aggregator": ([], []),
+            }
+            try:
+                with (
+                    httpx.Client(base_url=bed.facilitators[name].url, timeout=60) as direct,
+                    httpx.Client(base_url=agg.url, timeout=60) as through,
+                ):
+                    for call in range(calls + settings.settle_warmup):
+                        for label, client in (("direct", direct), ("through aggregator", through)):
+                            payment = bed.payer.pay(bed.pay_to, AMOUNT)
+                            verify = _timed(client, "/verify", payment.body, "isValid")
+                            settle = _timed(client, "/settle", payment.body, "success")
+                            if call >= settings.settle_warmup:  # warm connections, caches
+                                samples[label][0].append(verify)
+                                samples[label][1].append(settle)
+            finally:
+                agg.stop()
+            for label, (verifies, settles) in samples.items():
+                rows.append(SettleRow(name, label, Summary.of(verifies), Summary.of(settles)))
+    finally:
+        bed.stop()
+    return SettleResult(bed.startup_s, calls, settings.settle_warmup, rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    from .report import settle_section
+
+    with workspace() as workdir:
+        result = run(Settings(quick=args.quick), workdir)
+    print(settle_section(result))
+
+
+if __name__ == "__main__":
+    main()
