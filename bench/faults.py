@@ -12,7 +12,6 @@ answered each request from ``X-Aggregator-Upstream`` and its attempts from
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
 from dataclasses import dataclass, field
@@ -34,7 +33,7 @@ from .services import (
 )
 from .settings import Settings
 from .stats import Summary
-from .workspace import workspace
+from .workspace import run_section
 
 MODES = {
     "hang": "primary verify hangs",
@@ -229,13 +228,9 @@ def run(settings: Settings, workdir: Path) -> FaultsResult:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
     from .report import faults_section
 
-    with workspace() as workdir:
-        result = run(Settings(quick=args.quick), workdir)
+    result = run_section(__doc__, run)
     print(faults_section(result))
     if any(math.isnan(s.during.p50) for s in result.scenarios):
         raise SystemExit(1)

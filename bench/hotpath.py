@@ -11,7 +11,6 @@ in epoll) are left out by py-spy, so percentages are of busy samples.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from collections import Counter
@@ -24,7 +23,7 @@ from .loadgen import Target
 from .loadrun import LoadRun, verify_load
 from .services import HOST, LOAD_CPU, SUT_CPU, start_aggregator, start_fake
 from .settings import Settings
-from .workspace import workspace
+from .workspace import run_section
 
 OWN = "x402_aggregator/"
 #: The innermost frame when uvloop runs native code (callbacks, syscalls) under Runner.run.
@@ -164,13 +163,9 @@ def run(settings: Settings, workdir: Path) -> Profile:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
     from .report import hotpath_section
 
-    with workspace() as workdir:
-        result = run(Settings(quick=args.quick), workdir)
+    result = run_section(__doc__, run)
     print(hotpath_section(result))
 
 

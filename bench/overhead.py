@@ -11,7 +11,6 @@ The aggregator's RSS is sampled throughout (:mod:`bench.memory`).
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from .memory import MemoryResult, RssSampler, rss_mib
 from .services import HOST, LOAD_CPU, SUT_CPU, start_aggregator, start_fake
 from .settings import Settings
 from .stats import Summary, percentile
-from .workspace import workspace
+from .workspace import run_section
 
 #: A generator whose CPU, rate or dispatch lag crosses these is called saturated.
 MAX_GENERATOR_CPU = 0.8
@@ -177,13 +176,9 @@ def _summarise(rate: int, seconds: float, result: LoadResult) -> RateResult:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
     from .report import memory_section, overhead_section
 
-    with workspace() as workdir:
-        result = run(Settings(quick=args.quick), workdir)
+    result = run_section(__doc__, run)
     print(overhead_section(result))
     print(memory_section(result.memory))
     if any(math.isnan(r.through.p50) for r in result.rates):

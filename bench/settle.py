@@ -11,7 +11,6 @@ for the ledger issue.)
 
 from __future__ import annotations
 
-import argparse
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ from x402_aggregator.testbed.network import TestBed
 from .services import start_aggregator
 from .settings import Settings
 from .stats import Summary
-from .workspace import workspace
+from .workspace import run_section
 
 AMOUNT = 10_000
 
@@ -97,13 +96,9 @@ def run(settings: Settings, workdir: Path) -> SettleResult:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
     from .report import settle_section
 
-    with workspace() as workdir:
-        result = run(Settings(quick=args.quick), workdir)
+    result = run_section(__doc__, run)
     print(settle_section(result))
 
 

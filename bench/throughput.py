@@ -13,7 +13,6 @@ and a backup port). Compared in one run, each loaded by ``wrk -t1 -c32`` on the 
 
 from __future__ import annotations
 
-import argparse
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ from x402_aggregator.testing.live import free_port
 from . import nginx, wrk
 from .services import HOST, SUT_CPU, Service, pinning_available, start_aggregator
 from .settings import Settings
-from .workspace import workspace
+from .workspace import run_section
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,13 +136,9 @@ def run(settings: Settings, workdir: Path) -> ThroughputResult:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
     from .report import throughput_section
 
-    with workspace() as workdir:
-        result = run(Settings(quick=args.quick), workdir)
+    result = run_section(__doc__, run)
     print(throughput_section(result))
 
 
