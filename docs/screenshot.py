@@ -18,20 +18,11 @@ from playwright.sync_api import sync_playwright
 
 from x402_aggregator.config import load_config
 from x402_aggregator.server import create_app
+from x402_aggregator.testing.browser import CHROMIUM, CHROMIUM_ARGS
 from x402_aggregator.testing.fake_facilitator import FakeFacilitator, Mode
 from x402_aggregator.testing.live import LiveServer
 from x402_aggregator.testing.payloads import v1_body, v2_body
 
-CHROMIUM_ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 TRAFFIC_S = 21.0
 SETTLES_UNTIL_S = 19.0  # verifies only after this, so the last settlements stay on screen
 OUTAGE = (5.0, 9.0)  # seconds into the run during which the primary is down
@@ -91,7 +82,7 @@ def send_traffic(client: httpx.Client, primary: FakeFacilitator, backup: FakeFac
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("dashboard.png"))
-    parser.add_argument("--chromium", default="/usr/bin/chromium")
+    parser.add_argument("--chromium", default=str(CHROMIUM))
     args = parser.parse_args()
 
     primary = FakeFacilitator("primary", latency_s=0.01).start()

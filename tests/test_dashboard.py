@@ -9,21 +9,11 @@ from urllib.parse import urlsplit
 import pytest
 from playwright.sync_api import Browser, Locator, Page, Playwright, Request, expect, sync_playwright
 
+from x402_aggregator.testing.browser import CHROMIUM, CHROMIUM_ARGS
 from x402_aggregator.testing.payloads import v2_body
 
 from .conftest import AggregatorFactory, FakeFactory, Running
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 #: The page refreshes every 2 s and probes run every 0.5 s: each wait is far shorter in practice.
 WAIT_MS = 10_000
