@@ -120,7 +120,7 @@ class Aggregator:
             "ambiguous_settlements": 0,
         }
         self.recent_settlements: deque[JSONObject] = deque(maxlen=RECENT_SETTLEMENTS)
-        self.settlements = Settlements()
+        self.settlements: Settlements[Reply] = Settlements()
 
     @property
     def upstreams(self) -> tuple[Upstream, ...]:
@@ -271,10 +271,12 @@ class Aggregator:
     async def _settle(self, request: PaymentRequest, plan: Sequence[Attempt]) -> Reply:
         previous = self.settlements.get(request.identity)
         if previous is not None and previous.state == "in_flight":
-            # A duplicate while the first is in flight: wait for it, send nothing.
+            # A copy while the first is in flight: it sends nothing and shares the first's
+            # answer (a success is reported once: the copies get duplicate_settlement).
             await asyncio.shield(previous.done)
-            previous = self.settlements.get(request.identity)
-        if previous is not None and previous.state == "settled":
+            if not previous.settled() and previous.reply is not None:
+                return previous.reply
+        if previous is not None and previous.settled():
             return _duplicate(request, previous)
         sticky = previous.upstream if previous is not None else None
         if sticky is not None:
@@ -282,28 +284,29 @@ class Aggregator:
             plan = [Attempt(up, panic=True) for up in self.upstreams if up.name == sticky]
         entry = self.settlements.begin(request.identity, previous)
         reply: Reply | None = None
+        answer: JSONObject = {}
+        result = "unknown"  # if anything below raises, nobody knows what happened
         try:
-            reply = await self._settle_once(request, plan)
-            if sticky is not None and _result_of(reply.json()) not in ("settled", "pending"):
+            reply = await self._settle_once(request, plan, entry)
+            answer = reply.json()
+            result = _result_of(answer)
+            if sticky is not None and result not in ("settled", "pending"):
                 # After an attempt that may have landed, a refusal ("nonce already used") or an
                 # unreachable upstream proves nothing: the first attempt may be the one that won.
-                reply = _still_unknown(request, reply, sticky)
-            result = self._note_settlement(request, reply)
-            return replace(reply, outcome=result)
+                reply = _still_unknown(request, reply, sticky, result)
+                answer, result = reply.json(), "unknown"
+            reply = replace(reply, outcome=result)
+            self._note_settlement(request, reply, answer, result)
+            return reply
         finally:
-            if reply is None:  # an exception: nobody knows what happened
-                self.settlements.finish(request.identity, entry, "unknown", None, None)
-            else:
-                answer = reply.json()
-                transaction = answer.get("transaction") or None
-                self.settlements.finish(
-                    request.identity, entry, _result_of(answer), reply.upstream, transaction
-                )
+            transaction = answer.get("transaction") or None
+            upstream = reply.upstream if reply else None
+            self.settlements.finish(request.identity, entry, result, upstream, transaction, reply)
 
-    def _note_settlement(self, request: PaymentRequest, reply: Reply) -> str:
-        """Count the settle's result and list it among the recent ones; return the result."""
-        answer = reply.json()
-        result = _result_of(answer)
+    def _note_settlement(
+        self, request: PaymentRequest, reply: Reply, answer: JSONObject, result: str
+    ) -> None:
+        """Count the settle's result and list it among the recent ones."""
         if result == "unknown":
             self.totals["ambiguous_settlements"] += 1
             self.alerts.emit(
@@ -325,9 +328,10 @@ class Aggregator:
                 "transaction": answer.get("transaction") or None,
             }
         )
-        return result
 
-    async def _settle_once(self, request: PaymentRequest, plan: Sequence[Attempt]) -> Reply:
+    async def _settle_once(
+        self, request: PaymentRequest, plan: Sequence[Attempt], entry: Settlement[Reply]
+    ) -> Reply:
         failed: list[Outcome] = []
         deadline = self._clock() + self.config.routing.settle_deadline_s
         queue = deque(plan)
@@ -343,6 +347,8 @@ class Aggregator:
             if failed:
                 self.totals["failovers"] += 1
                 metrics.FAILOVERS.labels("settle").inc()
+            # Noted before sending: whatever happens next, a retry knows where this one went.
+            entry.upstream = attempt.upstream.name
             outcome = await self._attempt(attempt.upstream, "settle", request, remaining, claimed)
             if outcome.kind == "retryable":  # for a settle: the request provably never arrived
                 failed.append(outcome)
@@ -525,28 +531,21 @@ class _VerifyRun:
         """Start the next attempt; False when none may start (no candidate, budget, deadline)."""
         engine = self.engine
         while self.queue:
-            attempt = self.queue.popleft()
-            claimed = engine._claim(attempt, self.request)
-            if claimed is None:
-                self.queue.append(Attempt(attempt.upstream, panic=True))
-                continue
+            remaining = self.deadline - engine._clock()
+            if remaining <= 0:
+                return self._stop("the verify deadline passed")
+            attempt = self.queue[0]
             # Extra attempts that add load where it may hurt come out of the budget: hedges
             # (speculative) and panic-mode calls to upstreams already known to be sick. Failing
             # over to a healthy upstream after a failure is what the aggregator is for.
             budgeted = hedge or attempt.panic
             if self.attempts and budgeted and not engine.budget.try_acquire():
-                if claimed:
-                    attempt.upstream.health.release(self.request.kind.network)
-                self.stopped_by = "the retry budget is exhausted"
-                self.queue.clear()
-                return False
-            remaining = self.deadline - engine._clock()
-            if remaining <= 0:
-                if claimed:
-                    attempt.upstream.health.release(self.request.kind.network)
-                self.stopped_by = "the verify deadline passed"
-                self.queue.clear()
-                return False
+                return self._stop("the retry budget is exhausted")
+            self.queue.popleft()
+            claimed = engine._claim(attempt, self.request)
+            if claimed is None:
+                self.queue.append(Attempt(attempt.upstream, panic=True))
+                continue
             if self.attempts:
                 engine.totals["hedges" if hedge else "failovers"] += 1
                 if hedge:
@@ -559,6 +558,11 @@ class _VerifyRun:
             )
             self.pending[task] = (attempt.upstream, time.perf_counter())
             return True
+        return False
+
+    def _stop(self, why: str) -> bool:
+        self.stopped_by = why
+        self.queue.clear()
         return False
 
 
@@ -574,16 +578,16 @@ def _result_of(answer: JSONObject) -> str:
     }.get(str(answer.get("errorReason")), "failed")
 
 
-def _still_unknown(request: PaymentRequest, reply: Reply, upstream: str) -> Reply:
+def _still_unknown(request: PaymentRequest, reply: Reply, upstream: str, result: str) -> Reply:
     message = (
         f"an earlier settle of this payment at {upstream} may have landed and this retry "
-        f"could not confirm it ({_result_of(reply.json())}); it is not retried elsewhere"
+        f"could not confirm it ({result}); it is not retried elsewhere"
     )
     body = failure_body("settle", SETTLEMENT_OUTCOME_UNKNOWN, message, request.kind.network)
     return Reply(200, orjson.dumps(body), upstream, reply.attempts)
 
 
-def _duplicate(request: PaymentRequest, previous: Settlement) -> Reply:
+def _duplicate(request: PaymentRequest, previous: Settlement[Reply]) -> Reply:
     """This payment was settled and reported already: say so, with the original transaction."""
     body = failure_body(
         "settle",

@@ -114,7 +114,7 @@ class HealthCollector(Collector):
         yield ejections
         ambiguous = GaugeMetricFamily(
             f"{PREFIX}_ambiguous_settlements",
-            "Settlements whose outcome is unknown (sent, no usable answer).",
+            "Settlements whose outcome is not known yet (pending, or sent with no usable answer).",
         )
         ambiguous.add_metric([], float(self._ambiguous()))
         yield ambiguous
