@@ -49,7 +49,6 @@ class UpstreamHealth:
     probe_successes: int = 0
     probe_failures: int = 0
     last_probe_error: str | None = None
-    probe_reason: str = "not probed yet"
     drained: bool = False
     requests: int = 0
     failures: int = 0
@@ -137,7 +136,7 @@ class UpstreamHealth:
             if self.probe_state == "unknown" or (
                 self.probe_state == "unhealthy" and self.probe_successes >= self.healthy_threshold
             ):
-                self._set_probe_state("healthy", "probes succeed")
+                self.probe_state = "healthy"  # the state watcher logs and alerts on changes
             for breaker in (self.breaker, *self.networks.values()):
                 breaker.probe_succeeded()
             return
@@ -145,7 +144,7 @@ class UpstreamHealth:
         self.last_probe_error = error
         self.last_error, self.last_error_at = error, time.time()
         if self.probe_state != "unhealthy" and self.probe_failures >= self.unhealthy_threshold:
-            self._set_probe_state("unhealthy", f"{self.probe_failures} probes failed: {error}")
+            self.probe_state = "unhealthy"
 
     def total_ejections(self) -> int:
         """Ejections of the upstream and of all its networks since start."""
@@ -207,11 +206,6 @@ class UpstreamHealth:
             else EWMA_ALPHA * elapsed_ms + (1 - EWMA_ALPHA) * previous
         )
         self._verify_latencies.append(elapsed_ms)
-
-    def _set_probe_state(self, state: ProbeState, reason: str) -> None:
-        # The engine's state watcher logs and alerts on the resulting change of ``state()``.
-        self.probe_state = state
-        self.probe_reason = reason
 
 
 class Prober:
