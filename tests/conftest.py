@@ -31,6 +31,19 @@ class FakeClock:
         self.now += seconds
 
 
+@pytest.fixture(autouse=True)
+def private_ledger(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test gets its own SQLite ledger, and never reads a public chain RPC.
+
+    Set through the environment, so aggregators started as subprocesses inherit it; a test
+    that wants another ledger sets ``X402_AGGREGATOR_LEDGER__URL`` itself.
+    """
+    url = f"sqlite:///{tmp_path}/ledger.db"
+    monkeypatch.setenv("X402_AGGREGATOR_LEDGER__URL", url)
+    monkeypatch.setenv("X402_AGGREGATOR_LEDGER__PUBLIC_RPCS", "false")
+    return url
+
+
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()

@@ -3,10 +3,11 @@
 # Set before the imports below: several modules read it.
 __version__ = "0.1.0"
 
-from .aggregator import Aggregator, Reply
+from .aggregator import Aggregator
 from .client import AggregatorClient, AggregatorClientSync
 from .config import Config, load_config
 from .errors import AggregatorError, ConfigError, RequestError, TransportError
+from .replies import Reply
 from .upstream import Outcome, Upstream
 
 __all__ = [

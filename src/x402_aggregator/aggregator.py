@@ -12,7 +12,7 @@ import time
 from asyncio import FIRST_COMPLETED
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import orjson
@@ -25,20 +25,19 @@ from .capabilities import merge_supported
 from .config import AlertsConfig, Config
 from .errors import ConfigError, RequestError
 from .health import Prober, UpstreamHealth
+from .ledger import Ledger
 from .logs import REQUEST_ID, short
 from .outlier import Clock, OutlierPolicy
 from .protocol import (
-    DUPLICATE_SETTLEMENT,
     NO_UPSTREAM_AVAILABLE,
-    SETTLEMENT_OUTCOME_UNKNOWN,
-    SETTLEMENT_PENDING,
     PaymentRequest,
     failure_body,
     network_hint,
     parse_request,
 )
+from .replies import Reply, all_failed, relay, result_of
 from .routing import Attempt, Router
-from .settlements import Settlement, Settlements
+from .settlement import Settler, chain_readers
 from .stats import RECENT_SETTLEMENTS
 from .transport import AiohttpTransport, Transport
 from .upstream import Outcome, Upstream
@@ -46,24 +45,6 @@ from .upstream import Outcome, Upstream
 logger = logging.getLogger("x402_aggregator")
 #: One line per answered request (level INFO); silence it with a higher level for this logger.
 access_log = logging.getLogger("x402_aggregator.access")
-
-
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """What to answer the caller: an HTTP status, a JSON body and who produced it."""
-
-    status: int
-    body: bytes = field(repr=False)
-    #: The upstream whose answer this is; None when the aggregator answered itself.
-    upstream: str | None = None
-    attempts: int = 0
-    extension_responses: str | None = field(default=None, repr=False)
-    #: What the client saw, as a bounded metrics label (valid, invalid, settled, unknown, ...).
-    outcome: str = ""
-
-    def json(self) -> JSONObject:
-        value: JSONObject = orjson.loads(self.body)
-        return value
 
 
 class Aggregator:
@@ -120,7 +101,13 @@ class Aggregator:
             "ambiguous_settlements": 0,
         }
         self.recent_settlements: deque[JSONObject] = deque(maxlen=RECENT_SETTLEMENTS)
-        self.settlements: Settlements[Reply] = Settlements()
+        ledger = config.ledger
+        self.ledger = Ledger.from_url(
+            ledger_url(config),
+            retention_margin_s=ledger.retention_margin_s,
+            instance_timeout_s=ledger.instance_timeout_s,
+        )
+        self.settler = Settler(self, self.ledger, chain_readers(config))
 
     @property
     def upstreams(self) -> tuple[Upstream, ...]:
@@ -130,7 +117,8 @@ class Aggregator:
         return next((up for up in self.upstreams if up.name == name), None)
 
     async def start(self) -> None:
-        """Probe upstreams (up to ``health.startup_wait_s``), then keep probing in background."""
+        """Open the ledger, probe upstreams (up to ``health.startup_wait_s``), keep probing."""
+        await self.settler.start()
         await self.alerts.start()
         await self._prober.start()
         self._watcher = asyncio.create_task(self._watch_states(), name="state watcher")
@@ -152,6 +140,7 @@ class Aggregator:
             self._watcher.cancel()
             await asyncio.gather(self._watcher, return_exceptions=True)
         await self._prober.aclose()
+        await self.settler.aclose()
         await self.alerts.aclose()
         await self._transport.aclose()
 
@@ -184,13 +173,15 @@ class Aggregator:
         """Verify a payment at the first candidate that gives a usable answer."""
         return await self._handle("verify", body, request_id)
 
-    async def settle(self, body: bytes, *, request_id: str | None = None) -> Reply:
-        """Settle a payment; move to another upstream only if the previous never received it.
+    async def settle(
+        self, body: bytes, *, request_id: str | None = None, idempotency_key: str | None = None
+    ) -> Reply:
+        """Settle a payment through the ledger (see :mod:`.settlement`).
 
         The settle runs in its own task: if the caller goes away (cancelled), it still
         finishes and its outcome is recorded, instead of being cut off half-way.
         """
-        task = asyncio.create_task(self._handle("settle", body, request_id))
+        task = asyncio.create_task(self._handle("settle", body, request_id, idempotency_key))
         return await asyncio.shield(task)
 
     def supported(self) -> bytes:
@@ -207,12 +198,18 @@ class Aggregator:
         self._refresh_supported()
         return True
 
-    async def _handle(self, operation: Operation, body: bytes, request_id: str | None) -> Reply:
+    async def _handle(
+        self,
+        operation: Operation,
+        body: bytes,
+        request_id: str | None,
+        idempotency_key: str | None = None,
+    ) -> Reply:
         self.totals[operation] += 1
         started = time.perf_counter()
         token = REQUEST_ID.set(request_id)
         try:
-            request, reply = await self._route(operation, body)
+            request, reply = await self._route(operation, body, idempotency_key)
         finally:
             REQUEST_ID.reset(token)
         metrics.record_request(operation, reply.outcome)
@@ -232,7 +229,7 @@ class Aggregator:
         return reply
 
     async def _route(
-        self, operation: Operation, body: bytes
+        self, operation: Operation, body: bytes, idempotency_key: str | None = None
     ) -> tuple[PaymentRequest | None, Reply]:
         try:
             request = parse_request(body, operation)
@@ -253,69 +250,34 @@ class Aggregator:
             return request, Reply(503, orjson.dumps(drained), outcome="no_upstream")
         if operation == "verify":
             return request, await self._verify(request, plan)
-        return request, await self._settle(request, plan)
+        return request, await self._settle(request, plan, idempotency_key)
 
     async def _verify(self, request: PaymentRequest, plan: Sequence[Attempt]) -> Reply:
         self.budget.request()
         run = _VerifyRun(self, request, plan)
         outcome = await run.execute()
         if outcome is None:
-            return _all_failed("verify", request, run.failed, run.stopped_by)
+            return all_failed("verify", request, run.failed, run.stopped_by)
         valid = bool(outcome.answer and outcome.answer.get("isValid"))
         if valid:
             upstream = self.upstream(outcome.upstream)
             if upstream is not None:
                 self.router.remember(request, upstream)
-        return replace(_relay(outcome, run.attempts), outcome="valid" if valid else "invalid")
+        return replace(relay(outcome, run.attempts), outcome="valid" if valid else "invalid")
 
-    async def _settle(self, request: PaymentRequest, plan: Sequence[Attempt]) -> Reply:
-        previous = self.settlements.get(request.identity)
-        if previous is not None and previous.state == "in_flight":
-            # A copy while the first is in flight: it sends nothing and shares the first's
-            # answer (a success is reported once: the copies get duplicate_settlement).
-            await asyncio.shield(previous.done)
-            if not previous.settled() and previous.reply is not None:
-                return previous.reply
-        if previous is not None and previous.settled():
-            return _duplicate(request, previous)
-        sticky = previous.upstream if previous is not None else None
-        if sticky is not None:
-            # It may have landed there: only that upstream may be asked again.
-            plan = [Attempt(up, panic=True) for up in self.upstreams if up.name == sticky]
-        entry = self.settlements.begin(request.identity, previous)
-        reply: Reply | None = None
-        answer: JSONObject = {}
-        result = "unknown"  # if anything below raises, nobody knows what happened
-        try:
-            reply = await self._settle_once(request, plan, entry)
+    async def _settle(
+        self, request: PaymentRequest, plan: Sequence[Attempt], idempotency_key: str | None
+    ) -> Reply:
+        reply = await self.settler.settle(request, plan, idempotency_key)
+        if reply.outcome not in ("ledger_unavailable",):
             answer = reply.json()
-            result = _result_of(answer)
-            if sticky is not None and result not in ("settled", "pending"):
-                # After an attempt that may have landed, a refusal ("nonce already used") or an
-                # unreachable upstream proves nothing: the first attempt may be the one that won.
-                reply = _still_unknown(request, reply, sticky, result)
-                answer, result = reply.json(), "unknown"
-            reply = replace(reply, outcome=result)
-            self._note_settlement(request, reply, answer, result)
-            return reply
-        finally:
-            transaction = answer.get("transaction") or None
-            upstream = reply.upstream if reply else None
-            self.settlements.finish(request.identity, entry, result, upstream, transaction, reply)
+            self._note_settlement(request, reply, answer, result_of(answer))
+        return reply
 
     def _note_settlement(
         self, request: PaymentRequest, reply: Reply, answer: JSONObject, result: str
     ) -> None:
         """Count the settle's result and list it among the recent ones."""
-        if result == "unknown":
-            self.totals["ambiguous_settlements"] += 1
-            self.alerts.emit(
-                "settlement_ambiguous",
-                upstream=reply.upstream,
-                network=request.kind.network,
-                payer=request.payer,
-                reason=answer.get("errorMessage"),
-            )
         metrics.SETTLEMENTS.labels(result).inc()
         self.recent_settlements.appendleft(
             {
@@ -328,35 +290,6 @@ class Aggregator:
                 "transaction": answer.get("transaction") or None,
             }
         )
-
-    async def _settle_once(
-        self, request: PaymentRequest, plan: Sequence[Attempt], entry: Settlement[Reply]
-    ) -> Reply:
-        failed: list[Outcome] = []
-        deadline = self._clock() + self.config.routing.settle_deadline_s
-        queue = deque(plan)
-        while queue:
-            attempt = queue.popleft()
-            remaining = deadline - self._clock()
-            if remaining <= 0:
-                return _all_failed("settle", request, failed, "the settle deadline passed")
-            claimed = self._claim(attempt, request)
-            if claimed is None:  # it became unavailable: reached only in panic mode
-                queue.append(Attempt(attempt.upstream, panic=True))
-                continue
-            if failed:
-                self.totals["failovers"] += 1
-                metrics.FAILOVERS.labels("settle").inc()
-            # Noted before sending: whatever happens next, a retry knows where this one went.
-            entry.upstream = attempt.upstream.name
-            outcome = await self._attempt(attempt.upstream, "settle", request, remaining, claimed)
-            if outcome.kind == "retryable":  # for a settle: the request provably never arrived
-                failed.append(outcome)
-                continue
-            if outcome.kind == "ambiguous" and outcome.answer is None:
-                return _outcome_unknown(request, outcome, len(failed) + 1)
-            return _relay(outcome, len(failed) + 1)
-        return _all_failed("settle", request, failed)
 
     def _claim(self, attempt: Attempt, request: PaymentRequest) -> bool | None:
         """Claim an available upstream (True), or send anyway in panic mode (False).
@@ -566,39 +499,17 @@ class _VerifyRun:
         return False
 
 
-def _result_of(answer: JSONObject) -> str:
-    """A settle answer as a bounded result: settled, pending, unknown, no_upstream, failed."""
-    if answer.get("success") is True:
-        return "settled"
-    return {
-        SETTLEMENT_OUTCOME_UNKNOWN: "unknown",
-        SETTLEMENT_PENDING: "pending",
-        NO_UPSTREAM_AVAILABLE: "no_upstream",
-        DUPLICATE_SETTLEMENT: "duplicate",
-    }.get(str(answer.get("errorReason")), "failed")
-
-
-def _still_unknown(request: PaymentRequest, reply: Reply, upstream: str, result: str) -> Reply:
-    message = (
-        f"an earlier settle of this payment at {upstream} may have landed and this retry "
-        f"could not confirm it ({result}); it is not retried elsewhere"
-    )
-    body = failure_body("settle", SETTLEMENT_OUTCOME_UNKNOWN, message, request.kind.network)
-    return Reply(200, orjson.dumps(body), upstream, reply.attempts)
-
-
-def _duplicate(request: PaymentRequest, previous: Settlement[Reply]) -> Reply:
-    """This payment was settled and reported already: say so, with the original transaction."""
-    body = failure_body(
-        "settle",
-        DUPLICATE_SETTLEMENT,
-        "this payment has already been settled; the transaction is the original one",
-        request.kind.network,
-    )
-    body["transaction"] = previous.transaction or ""
-    if request.payer:
-        body["payer"] = request.payer
-    return Reply(200, orjson.dumps(body), previous.upstream, 0, outcome="duplicate")
+def ledger_url(config: Config) -> str:
+    """The ledger's URL, from the file or (for URLs with a password) the environment."""
+    if config.ledger.url_env:
+        url = os.environ.get(config.ledger.url_env, "")
+        if not url:
+            raise ConfigError(
+                f"ledger.url_env names environment variable {config.ledger.url_env}, "
+                "which is not set"
+            )
+        return url
+    return config.ledger.url
 
 
 def webhook_url(config: AlertsConfig) -> str | None:
@@ -612,48 +523,6 @@ def webhook_url(config: AlertsConfig) -> str | None:
             )
         return url
     return str(config.webhook_url) if config.webhook_url else None
-
-
-def _relay(outcome: Outcome, attempts: int) -> Reply:
-    """Answer with an upstream's (normalised) answer, always HTTP 200."""
-    body = outcome.raw if outcome.raw is not None else orjson.dumps(outcome.answer)
-    return Reply(200, body, outcome.upstream, attempts, outcome.extension_responses)
-
-
-def _outcome_unknown(request: PaymentRequest, outcome: Outcome, attempts: int) -> Reply:
-    logger.error(
-        "settle at %s has an unknown outcome (payer %s, network %s): %s",
-        outcome.upstream,
-        request.payer,
-        request.kind.network,
-        outcome.error,
-    )
-    message = (
-        f"the settlement was sent to {outcome.upstream} but its outcome is unknown "
-        f"({outcome.error}); it may have been executed: do not retry it elsewhere"
-    )
-    body = failure_body("settle", SETTLEMENT_OUTCOME_UNKNOWN, message, request.kind.network)
-    return Reply(200, orjson.dumps(body), outcome.upstream, attempts)
-
-
-def _all_failed(
-    operation: Operation,
-    request: PaymentRequest,
-    failed: Sequence[Outcome],
-    stopped_by: str | None = None,
-) -> Reply:
-    summary = "; ".join(f"{o.upstream}: {o.error}" for o in failed)
-    if stopped_by:
-        summary = f"{summary}; {stopped_by}" if summary else stopped_by
-    logger.error("%s failed at every upstream: %s", operation, summary)
-    body = failure_body(
-        operation,
-        NO_UPSTREAM_AVAILABLE,
-        f"no upstream gave a usable answer ({summary})",
-        request.kind.network,
-    )
-    body["upstreams"] = [{"name": o.upstream, "error": o.error} for o in failed]
-    return Reply(502, orjson.dumps(body), None, len(failed), outcome="no_upstream")
 
 
 def _iso(timestamp: float | None) -> str | None:

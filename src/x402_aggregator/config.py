@@ -152,6 +152,34 @@ class AdminConfig(_Section):
     token_env: str | None = None
 
 
+class LedgerConfig(_Section):
+    """Where every settle is recorded before it is sent (see :mod:`.ledger`)."""
+
+    #: ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db``, ``sqlite:///:memory:``
+    #: (nothing survives a restart: tests only) or ``postgresql://…`` for several instances.
+    url: str = "sqlite:///x402-aggregator-ledger.db"
+    #: Environment variable holding the URL instead (a PostgreSQL URL carries a password).
+    url_env: str | None = None
+    #: Records are kept until the authorization's ``validBefore`` plus this (then purged).
+    retention_margin_s: float = Field(7 * 86400.0, ge=0)
+    #: How often unresolved settles (ambiguous, pending on chain) are looked at again; each
+    #: record backs off exponentially from here.
+    resolve_interval_s: float = Field(5.0, gt=0)
+    #: An instance whose heartbeat is older than this is presumed dead and its claims free.
+    instance_timeout_s: float = Field(10.0, gt=0)
+    #: Read the chain through the shipped public RPCs for networks not listed in ``networks``.
+    public_rpcs: bool = True
+    rpc_timeout_s: float = Field(5.0, gt=0)
+
+
+class NetworkConfig(_Section):
+    """A chain the aggregator may read to resolve ambiguous settles."""
+
+    rpc_url: HttpUrl | None = None
+    #: Environment variable holding the RPC URL (most carry an API key).
+    rpc_url_env: str | None = None
+
+
 # Public facilitators that need no account. x402.org is listed under its canonical www host: the
 # SDKs follow a redirect from the bare domain, but we never follow redirects (URLs come only from
 # configuration).
@@ -175,6 +203,9 @@ class Config(BaseSettings):
     health: HealthConfig = HealthConfig()
     admin: AdminConfig = AdminConfig()
     alerts: AlertsConfig = AlertsConfig()
+    ledger: LedgerConfig = LedgerConfig()
+    #: By network (CAIP-2 ``eip155:84532`` or a v1 name): where to read the chain.
+    networks: dict[str, NetworkConfig] = Field(default_factory=dict)
 
     @classmethod
     def settings_customise_sources(

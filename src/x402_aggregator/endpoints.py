@@ -8,13 +8,12 @@ Everything else (status, metrics, dashboard, admin) stays on Starlette.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ._types import Operation
-from .aggregator import Aggregator, Reply
+from .aggregator import Aggregator
 from .errors import RequestError
 from .logs import request_id
 from .protocol import (
@@ -24,6 +23,7 @@ from .protocol import (
     UNEXPECTED_VERIFY_ERROR,
     failure_body,
 )
+from .replies import Reply
 
 logger = logging.getLogger("x402_aggregator.server")
 
@@ -33,6 +33,7 @@ ATTEMPTS_HEADER = b"x-aggregator-attempts"
 NO_UPSTREAM = b"none"
 PATHS: dict[str, Operation] = {"/verify": "verify", "/settle": "settle"}
 _JSON = (b"content-type", b"application/json")
+MAX_IDEMPOTENCY_KEY = 255
 
 
 class _Disconnected(Exception):
@@ -46,10 +47,6 @@ class PaymentEndpoints:
         self.engine = engine
         self.app = app
         self._limit = engine.config.server.max_body_bytes
-        self._handlers: dict[Operation, Callable[..., Awaitable[Reply]]] = {
-            "verify": engine.verify,
-            "settle": engine.settle,
-        }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         operation = PATHS.get(scope["path"]) if scope["type"] == "http" else None
@@ -68,7 +65,11 @@ class PaymentEndpoints:
         rid = request_id(headers.get(b"x-request-id", b"").decode("latin-1") or None)
         try:
             body = await _read_body(receive, headers.get(b"content-length"), self._limit)
-            reply = await self._handlers[operation](body, request_id=rid)
+            if operation == "settle":
+                key = _idempotency_key(headers.get(b"idempotency-key"))
+                reply = await self.engine.settle(body, request_id=rid, idempotency_key=key)
+            else:
+                reply = await self.engine.verify(body, request_id=rid)
         except RequestError as exc:
             error = failure_body(operation, exc.reason, exc.message)
             reply = Reply(exc.status, orjson.dumps(error))
@@ -87,6 +88,7 @@ class PaymentEndpoints:
             (UPSTREAM_HEADER, reply.upstream.encode() if reply.upstream else NO_UPSTREAM),
             (ATTEMPTS_HEADER, str(reply.attempts).encode()),
             (b"x-request-id", rid.encode()),
+            *reply.headers,
         ]
         if reply.extension_responses and reply.extension_responses.isascii():
             # Base64 by the spec; anything else is not worth turning a settled payment into a 500.
@@ -115,6 +117,18 @@ async def _read_body(receive: Receive, declared: bytes | None, limit: int) -> by
     if not body:
         raise RequestError(INVALID_PAYLOAD, "the request has no body")
     return body
+
+
+def _idempotency_key(value: bytes | None) -> str | None:
+    """The ``Idempotency-Key`` header: 1-255 visible ASCII characters (Stripe's limit)."""
+    if value is None:
+        return None
+    if not 0 < len(value) <= MAX_IDEMPOTENCY_KEY or not all(0x21 <= b <= 0x7E for b in value):
+        raise RequestError(
+            INVALID_PAYLOAD,
+            f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters",
+        )
+    return "header:" + value.decode("ascii")
 
 
 def _too_large(limit: int) -> str:

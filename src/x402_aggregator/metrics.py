@@ -69,6 +69,12 @@ SETTLEMENTS = Counter(
     ["result"],
     registry=_REGISTRY,
 )
+SETTLEMENTS_RESOLVED = Counter(
+    f"{PREFIX}_settlements_resolved_total",
+    "Unresolved settles (ambiguous, pending on chain) resolved in the background, by result.",
+    ["result"],
+    registry=_REGISTRY,
+)
 
 
 def record_request(operation: Operation, outcome: str) -> None:
@@ -114,7 +120,7 @@ class HealthCollector(Collector):
         yield ejections
         ambiguous = GaugeMetricFamily(
             f"{PREFIX}_ambiguous_settlements",
-            "Settlements whose outcome is not known yet (pending, or sent with no usable answer).",
+            "Settlements whose outcome is not known yet (ambiguous, pending on chain).",
         )
         ambiguous.add_metric([], float(self._ambiguous()))
         yield ambiguous

@@ -101,7 +101,9 @@ def create_app(
     async def dashboard(request: Request) -> Response:
         return Response(dashboard_page, media_type="text/html; charset=utf-8")
 
-    health_metrics = metrics.HealthCollector(lambda: engine.upstreams, engine.settlements.ambiguous)
+    health_metrics = metrics.HealthCollector(
+        lambda: engine.upstreams, lambda: engine.settler.unresolved
+    )
 
     async def prometheus(request: Request) -> Response:
         body, content_type = metrics.exposition(health_metrics)

@@ -1,0 +1,22 @@
+"""The settlement ledger: every settle on disk before it is sent, one success per payment."""
+
+from .database import Database, LedgerError, connect
+from .records import STATES, UNRESOLVED, AttemptEnd, AttemptRecord, Payment, Record, State
+from .store import Claim, Fenced, IdempotentResponse, Ledger
+
+__all__ = [
+    "STATES",
+    "UNRESOLVED",
+    "AttemptEnd",
+    "AttemptRecord",
+    "Claim",
+    "Database",
+    "Fenced",
+    "IdempotentResponse",
+    "Ledger",
+    "LedgerError",
+    "Payment",
+    "Record",
+    "State",
+    "connect",
+]
