@@ -7,17 +7,22 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
+import orjson
 import typer
 import uvicorn
 from rich.console import Console
 from rich.table import Table
 
 from . import __version__, logs
+from .aggregator import ledger_url
 from .config import CONFIG_ENV, Config, load_config
 from .errors import ConfigError, TransportError
+from .ledger import STATES, Ledger, LedgerError, Record
+from .ledger.store import MIGRATIONS
 from .server import check_secrets
 from .transport import AiohttpTransport
 from .upstream import Upstream
@@ -25,6 +30,7 @@ from .upstream import Upstream
 #: Exit codes, named like uvicorn's.
 STARTUP_FAILURE = 3
 UPSTREAM_UNREACHABLE = 1
+T = TypeVar("T")
 
 app = typer.Typer(
     name="x402-aggregator",
@@ -114,6 +120,87 @@ def serve(
             timeout_graceful_shutdown=math.ceil(settings.routing.settle_deadline_s) + 5,
         )
     except ConfigError as exc:  # e.g. an auth variable that is not set
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(STARTUP_FAILURE) from None
+
+
+ledger_app = typer.Typer(help="Read the settlement ledger (works while the service is down).")
+app.add_typer(ledger_app, name="ledger")
+
+
+@ledger_app.command("list")
+def ledger_list(
+    config: ConfigOption = None,
+    state: Annotated[
+        str | None, typer.Option(help=f"Only records in this state ({', '.join(STATES)}).")
+    ] = None,
+    transaction: Annotated[str | None, typer.Option(help="Only the record of this tx.")] = None,
+    payer: Annotated[str | None, typer.Option(help="Only this payer's records.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10_000)] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """List settlement records, newest first."""
+    if state is not None and state not in STATES:
+        err.print(f"[red]error:[/red] --state must be one of {', '.join(STATES)}")
+        raise typer.Exit(2)
+    settings = _load(config)
+
+    async def find(ledger: Ledger) -> list[Record]:
+        return await ledger.find(state=state, transaction=transaction, payer=payer, limit=limit)
+
+    records = _with_ledger(settings, find)
+    if as_json:
+        for record in records:
+            typer.echo(orjson.dumps(record.public()).decode())
+        return
+    table = Table(title=f"settlements ({len(records)})")
+    for column in ("id", "state", "upstream", "transaction", "created", "note"):
+        table.add_column(column, overflow="fold")
+    for record in records:
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(record.created_at))
+        table.add_row(
+            record.id,
+            record.state,
+            record.upstream or "-",
+            record.transaction or "-",
+            created,
+            record.note or "",
+        )
+    Console().print(table)
+
+
+@ledger_app.command("show")
+def ledger_show(
+    settlement_id: Annotated[str, typer.Argument(help="The payment's id (X402-Settlement-Id).")],
+    config: ConfigOption = None,
+) -> None:
+    """Show one settlement record with every attempt, as JSON."""
+    settings = _load(config)
+
+    async def get(ledger: Ledger) -> Record | None:
+        return await ledger.get(settlement_id)
+
+    record = _with_ledger(settings, get)
+    if record is None:
+        err.print(f"no settlement with id {settlement_id!r}")
+        raise typer.Exit(1)
+    typer.echo(orjson.dumps(record.public(), option=orjson.OPT_INDENT_2).decode())
+
+
+def _with_ledger(settings: Config, action: Callable[[Ledger], Awaitable[T]]) -> T:
+    """Open the configured ledger (without announcing an instance), run ``action``, close."""
+
+    async def run() -> T:
+        ledger = Ledger.from_url(ledger_url(settings))
+        try:
+            await ledger.db.migrate(MIGRATIONS)
+            return await action(ledger)
+        finally:
+            await ledger.db.aclose()
+
+    try:
+        return asyncio.run(run())
+    except (LedgerError, ConfigError) as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(STARTUP_FAILURE) from None
 

@@ -6,6 +6,7 @@ from typing import Any
 
 from . import __version__
 from ._types import JSONObject
+from .ledger import STATES as LEDGER_STATES
 from .metrics import STATES
 
 _TEXT = {"type": "string"}
@@ -170,6 +171,48 @@ def _schemas() -> dict[str, Any]:
         "Health": {"type": "object", "required": ["status"]},
         "AdminResult": {"type": "object", "required": ["name", "state", "reason"]},
         "Error": {"type": "object", "required": ["error"], "properties": {"error": _TEXT}},
+        "SettlementAttempt": {
+            "type": "object",
+            "required": ["n", "kind", "upstream", "sent_at", "finished_at", "outcome"],
+            "properties": {
+                "n": {"type": "integer"},
+                "kind": {"enum": ["settle", "chain"]},
+                "upstream": _NULLABLE_TEXT,
+                "sent_at": {"type": "number"},
+                "finished_at": {"type": ["number", "null"]},
+                "outcome": _NULLABLE_TEXT,
+                "http_status": {"type": ["integer", "null"]},
+                "transaction": _NULLABLE_TEXT,
+                "response": {"type": ["object", "null"]},
+                "error": _NULLABLE_TEXT,
+            },
+        },
+        "Settlement": {
+            "type": "object",
+            "required": ["id", "state", "network", "transaction", "attempts", "reported"],
+            "properties": {
+                "id": _TEXT,
+                "state": {"enum": list(LEDGER_STATES)},
+                "network": _TEXT,
+                "scheme": _TEXT,
+                "x402_version": {"type": "integer"},
+                "asset": _NULLABLE_TEXT,
+                "payer": _NULLABLE_TEXT,
+                "nonce": _NULLABLE_TEXT,
+                "valid_before": {"type": ["integer", "null"]},
+                "upstream": _NULLABLE_TEXT,
+                "transaction": _NULLABLE_TEXT,
+                "reported": {"type": "boolean"},
+                "note": _NULLABLE_TEXT,
+                "response": {"type": ["object", "null"]},
+                "attempts": {"type": "array", "items": _ref("SettlementAttempt")},
+            },
+        },
+        "SettlementList": {
+            "type": "object",
+            "required": ["settlements"],
+            "properties": {"settlements": {"type": "array", "items": _ref("Settlement")}},
+        },
     }
 
 
@@ -262,6 +305,46 @@ def spec() -> JSONObject:
                 "get": {
                     "summary": "This document.",
                     "responses": {"200": {"description": "OpenAPI 3.1."}},
+                }
+            },
+            "/settlements": {
+                "get": {
+                    "summary": "Settlement records from the ledger, newest first.",
+                    "parameters": [
+                        {"name": "state", "in": "query", "schema": {"enum": list(LEDGER_STATES)}},
+                        {"name": "transaction", "in": "query", "schema": _TEXT},
+                        {"name": "payer", "in": "query", "schema": _TEXT},
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 500},
+                        },
+                    ],
+                    "responses": {
+                        "200": _json(_ref("SettlementList"), "Records (without attempts)."),
+                        "400": _json(_ref("Error"), "Bad parameters."),
+                        "503": _json(_ref("Error"), "The ledger is unavailable."),
+                    },
+                }
+            },
+            "/settlements/{id}": {
+                "get": {
+                    "summary": "One payment's settlement: state, transaction, every attempt.",
+                    "parameters": [
+                        {
+                            "name": "id",
+                            "in": "path",
+                            "required": True,
+                            "schema": _TEXT,
+                            "description": "The payment's id (the X402-Settlement-Id header of "
+                            "its settle), URL-encoded.",
+                        }
+                    ],
+                    "responses": {
+                        "200": _json(_ref("Settlement"), "The record."),
+                        "404": _json(_ref("Error"), "No such record (or it expired)."),
+                        "503": _json(_ref("Error"), "The ledger is unavailable."),
+                    },
                 }
             },
             "/admin/upstreams/{name}/drain": {

@@ -23,11 +23,13 @@ from starlette.routing import Route
 
 from . import __version__, logs, metrics, openapi
 from ._types import JSONObject, Operation
-from .aggregator import Aggregator, webhook_url
+from .aggregator import Aggregator, ledger_url, webhook_url
 from .auth import auth_headers
 from .config import Config
 from .endpoints import PATHS, PaymentEndpoints
 from .errors import ConfigError
+from .ledger import STATES, LedgerError
+from .settlement import chain_readers
 
 logger = logging.getLogger("x402_aggregator.server")
 
@@ -112,6 +114,30 @@ def create_app(
     async def healthz(request: Request) -> Response:
         return _json(200, {"status": "ok"})
 
+    async def settlements(request: Request) -> Response:
+        """Recent settlement records, newest first, filtered by state, transaction or payer."""
+        query = request.query_params
+        state = query.get("state")
+        if state is not None and state not in STATES:
+            return _json(400, {"error": f"state must be one of {', '.join(STATES)}"})
+        limit = query.get("limit", "50")
+        if not limit.isdigit() or not 1 <= int(limit) <= 500:
+            return _json(400, {"error": "limit must be an integer from 1 to 500"})
+        records = await engine.ledger.find(
+            state=state,
+            transaction=query.get("transaction"),
+            payer=query.get("payer"),
+            limit=int(limit),
+        )
+        return _json(200, {"settlements": [r.public() for r in records]})
+
+    async def settlement(request: Request) -> Response:
+        """One payment's record and every attempt made for it."""
+        record = await engine.ledger.get(request.path_params["id"])
+        if record is None:
+            return _json(404, {"error": "no settlement with this id (it may have expired)"})
+        return _json(200, record.public())
+
     admin_token = _admin_token(engine.config)
 
     def admin_endpoint(drain: bool) -> Callable[[Request], Awaitable[Response]]:
@@ -150,13 +176,19 @@ def create_app(
         Route("/openapi.json", openapi_json, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", prometheus, methods=["GET"]),
+        Route("/settlements", settlements, methods=["GET"]),
+        Route("/settlements/{id}", settlement, methods=["GET"]),
         Route("/admin/upstreams/{name}/drain", admin_endpoint(True), methods=["POST"]),
         Route("/admin/upstreams/{name}/enable", admin_endpoint(False), methods=["POST"]),
     ]
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        exception_handlers={HTTPException: _http_error, Exception: _internal_error},
+        exception_handlers={
+            HTTPException: _http_error,
+            LedgerError: _ledger_error,
+            Exception: _internal_error,
+        },
     )
     return FacilitatorApp(engine, app)
 
@@ -178,6 +210,8 @@ def check_secrets(config: Config) -> None:
     """Fail now, not in a worker, if a secret the configuration names is not set."""
     _admin_token(config)
     webhook_url(config.alerts)
+    ledger_url(config)
+    chain_readers(config)
     for upstream in config.upstreams:
         if upstream.enabled:
             auth_headers(upstream)
@@ -190,6 +224,11 @@ def _json(status: int, body: JSONObject) -> Response:
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     return _json(exc.status_code, {"error": exc.detail, "status": exc.status_code})
+
+
+async def _ledger_error(request: Request, exc: Exception) -> Response:
+    logger.error("ledger unavailable on %s %s: %s", request.method, request.url.path, exc)
+    return _json(503, {"error": "the settlement ledger is unavailable"})
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:
