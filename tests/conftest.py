@@ -14,6 +14,7 @@ from x402_aggregator.config import load_config
 from x402_aggregator.server import create_app
 from x402_aggregator.testing.fake_facilitator import FakeFacilitator
 from x402_aggregator.testing.live import LiveServer
+from x402_aggregator.testing.postgres import PostgresServer
 
 FakeFactory = Callable[..., FakeFacilitator]
 
@@ -29,6 +30,13 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One real PostgreSQL server for the session; each test takes its own database."""
+    with PostgresServer() as server:
+        yield server
 
 
 @pytest.fixture(autouse=True)

@@ -102,7 +102,7 @@ class SQLiteDatabase(Database):
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._executor, fn, *args)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             raise LedgerError(f"ledger {self.display}: {exc}") from exc
 
     def _connection(self) -> sqlite3.Connection:

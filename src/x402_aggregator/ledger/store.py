@@ -86,6 +86,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             id TEXT PRIMARY KEY,
             host TEXT NOT NULL,
             pid INTEGER NOT NULL,
+            process_start TEXT,
             started_at DOUBLE PRECISION NOT NULL,
             heartbeat_at DOUBLE PRECISION NOT NULL
         )""",
@@ -143,6 +144,7 @@ class Ledger:
         self.instance = uuid.uuid4().hex
         self.host = socket.gethostname()
         self.pid = os.getpid()
+        self.process_start = _process_start(self.pid)
         self.started_at = time.time()
         self._heartbeat: asyncio.Task[None] | None = None
 
@@ -167,11 +169,13 @@ class Ledger:
     async def beat(self) -> None:
         now = time.time()
         await self.db.execute(
-            "INSERT INTO instances (id, host, pid, started_at, heartbeat_at) VALUES (?, ?, ?, ?, ?)"
+            "INSERT INTO instances (id, host, pid, process_start, started_at, heartbeat_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
             self.instance,
             self.host,
             self.pid,
+            self.process_start,
             self.started_at,
             now,
         )
@@ -243,7 +247,7 @@ class Ledger:
         if owner == self.instance:
             return False
         rows = await self.db.fetch(
-            "SELECT host, pid, heartbeat_at FROM instances WHERE id = ?", owner
+            "SELECT host, pid, process_start, heartbeat_at FROM instances WHERE id = ?", owner
         )
         if not rows:
             return True
@@ -251,9 +255,11 @@ class Ledger:
         if time.time() - float(row["heartbeat_at"]) > self.instance_timeout_s:
             return True
         if row["host"] == self.host:
-            # Restarted on the same host (kill -9, container restart reusing the pid): no need
-            # to wait for the heartbeat to go stale.
-            return int(row["pid"]) == self.pid or not _pid_alive(int(row["pid"]))
+            # On this host a dead owner is known at once (kill -9, a restarted container that
+            # reuses the pid), without waiting for its heartbeat to go stale.
+            pid = int(row["pid"])
+            started = row["process_start"]
+            return started is not None and _process_start(pid) != started
         return False
 
     # -- writing, fenced by the claim -----------------------------------------------------------
@@ -572,11 +578,24 @@ def _float(value: Any) -> float:
         return 0.0
 
 
-def _pid_alive(pid: int) -> bool:
+def _process_start(pid: int) -> str | None:
+    """When process ``pid`` started (pid + start tick on Linux): tells a reused pid apart.
+
+    None if there is no such process. Elsewhere, just whether the pid is alive.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            # Field 22 (starttime) comes after the command name, which may contain spaces.
+            fields = stat.read().rsplit(b")", 1)[1].split()
+        return f"{pid}:{int(fields[19])}"
+    except FileNotFoundError:
+        return None
+    except (OSError, IndexError, ValueError):
+        pass
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return False
+        return None
     except PermissionError:
-        return True
-    return True
+        pass
+    return f"{pid}:alive"

@@ -14,7 +14,9 @@ PAY_TO = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C"
 USDC_BASE_SEPOLIA = "0x036CbD53842c5426634e7929541eC2318f3dCF7e"
 
 
-def _authorization(amount: str, nonce: str | None) -> dict[str, Any]:
+def _authorization(
+    amount: str, nonce: str | None, valid_before: int | None = None
+) -> dict[str, Any]:
     return {
         "signature": "0x" + "ab" * 65,
         "authorization": {
@@ -22,7 +24,7 @@ def _authorization(amount: str, nonce: str | None) -> dict[str, Any]:
             "to": PAY_TO,
             "value": amount,
             "validAfter": "1740672089",
-            "validBefore": "4102444800",
+            "validBefore": str(valid_before or 4102444800),
             "nonce": nonce or "0x" + secrets.token_hex(32),
         },
     }
@@ -36,6 +38,7 @@ def v2_body(
     nonce: str | None = None,
     extra: dict[str, Any] | None = None,
     extensions: dict[str, Any] | None = None,
+    valid_before: int | None = None,
 ) -> dict[str, Any]:
     """A v2 ``/verify`` / ``/settle`` body (EVM ``exact``, EIP-3009 by default)."""
     requirements = {
@@ -51,7 +54,7 @@ def v2_body(
         "x402Version": 2,
         "resource": {"url": "https://api.example.com/weather"},
         "accepted": requirements,
-        "payload": _authorization(amount, nonce),
+        "payload": _authorization(amount, nonce, valid_before),
     }
     if extensions is not None:
         payload["extensions"] = extensions
