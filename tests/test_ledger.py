@@ -119,7 +119,9 @@ async def test_a_dead_owners_pending_claim_is_taken_over_and_fenced(ledgers: Ope
     assert (taken.status, taken.previous, taken.record.sticky) == ("resume", "pending", "primary")
     assert late is False
     record = await alive.get(p.id)
-    assert record is not None and record.state == "pending" and record.transaction is None
+    assert record is not None
+    assert record.state == "pending"
+    assert record.transaction is None
     with pytest.raises(LedgerError):
         await dead.begin_attempt(claim.record, 2, "settle", "backup")
 
@@ -191,7 +193,8 @@ async def test_damaged_rows_read_as_ambiguous_and_never_crash(ledgers: Opener) -
 
     assert record is not None
     assert record.state == "ambiguous"
-    assert record.note is not None and "exploded" in record.note
+    assert record.note is not None
+    assert "exploded" in record.note
     assert [r.id for r in due] == ["bad"]
 
 

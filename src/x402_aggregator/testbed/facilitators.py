@@ -12,7 +12,10 @@ A killed facilitator comes back on the same URL by passing its port again.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +58,19 @@ class Facilitator:
     def kill(self) -> None:
         """Die at once, like a crash (in-flight requests get no answer)."""
         self.child.kill()
+
+    def freeze(self) -> None:
+        """Hang it (SIGSTOP to its process group); always ``thaw`` it afterwards.
+
+        The kernel still accepts connections and buffers requests, but nothing is read or
+        answered: a settle sent to it times out after it may have "arrived".
+        """
+        os.killpg(self.child.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """Resume a frozen facilitator (SIGCONT): it then handles what queued up meanwhile."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.child.pid, signal.SIGCONT)
 
 
 def wait_ready(*facilitators: Facilitator, timeout_s: float = READY_TIMEOUT_S) -> None:

@@ -112,6 +112,14 @@ class TestBed:
         """Crash a facilitator (SIGKILL): its port refuses connections afterwards."""
         self.facilitators[name].kill()
 
+    def freeze(self, name: str) -> None:
+        """Hang a facilitator (SIGSTOP): requests reach its socket but are never answered."""
+        self.facilitators[name].freeze()
+
+    def thaw(self, name: str) -> None:
+        """Resume a frozen facilitator (SIGCONT); a no-op for one that is not frozen."""
+        self.facilitators[name].thaw()
+
     def restart(self, name: str) -> Facilitator:
         """Start a stopped or killed facilitator again on its old URL."""
         old = self.facilitators[name]
