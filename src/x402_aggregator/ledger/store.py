@@ -587,6 +587,8 @@ def _process_start(pid: int) -> str | None:
         with open(f"/proc/{pid}/stat", "rb") as stat:
             # Field 22 (starttime) comes after the command name, which may contain spaces.
             fields = stat.read().rsplit(b")", 1)[1].split()
+        if fields[0] in (b"Z", b"X"):
+            return None  # exited, not yet reaped by its parent
         return f"{pid}:{int(fields[19])}"
     except FileNotFoundError:
         return None
