@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -12,9 +13,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
 
 from x402_aggregator import __version__
+from x402_aggregator.ledger import AttemptEnd, Ledger, Payment
+from x402_aggregator.protocol import parse_request
 from x402_aggregator.testing.live import free_port
 from x402_aggregator.testing.payloads import v2_body
 
@@ -191,3 +195,44 @@ def test_check_prints_a_table_and_fails_when_an_upstream_is_unreachable(
     assert "v2 exact eip155:84532" in result.stdout
     assert "no" in result.stdout
     assert healthy.returncode == 0
+
+
+def test_ledger_list_and_show_read_the_ledger_directly(private_ledger: str) -> None:
+    """With the service down, the CLI still shows what was settled and how."""
+
+    async def record() -> str:
+        ledger = Ledger.from_url(private_ledger)
+        await ledger.open(heartbeat=False)
+        try:
+            request = parse_request(orjson.dumps(v2_body()), "settle")
+            claim = await ledger.claim(Payment.of(request))
+            await ledger.begin_attempt(claim.record, 1, "settle", "primary")
+            await ledger.finish(
+                claim.record,
+                "settled",
+                transaction="0xfeed",
+                response=b'{"success":true,"transaction":"0xfeed"}',
+                reported=True,
+                attempt=AttemptEnd(1, "ok", 200, "0xfeed"),
+            )
+            return request.identity
+        finally:
+            await ledger.aclose()
+
+    identity = asyncio.run(record())
+
+    listed = run("ledger", "list", "--json")
+    table = run("ledger", "list", "--state", "settled")
+    shown = run("ledger", "show", identity)
+    missing = run("ledger", "show", "no-such-payment")
+    bad_state = run("ledger", "list", "--state", "bogus")
+
+    assert listed.returncode == 0, listed.stderr
+    [entry] = [orjson.loads(line) for line in listed.stdout.splitlines()]
+    assert (entry["id"], entry["state"], entry["transaction"]) == (identity, "settled", "0xfeed")
+    assert "0xfeed" in table.stdout
+    assert shown.returncode == 0
+    assert orjson.loads(shown.stdout)["attempts"][0]["upstream"] == "primary"
+    assert "request" not in orjson.loads(shown.stdout)
+    assert missing.returncode == 1
+    assert bad_state.returncode == 2

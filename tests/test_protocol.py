@@ -23,7 +23,7 @@ from x402_aggregator.protocol import (
     parse_request,
     reason_of,
 )
-from x402_aggregator.testing.payloads import PAYER, v1_body, v2_body
+from x402_aggregator.testing.payloads import PAYER, USDC_BASE_SEPOLIA, v1_body, v2_body
 
 NETWORK = "eip155:84532"
 TX = "0x" + "ab" * 32
@@ -105,6 +105,27 @@ def test_a_permit2_payer_is_found() -> None:
     inner["permit2Authorization"] = inner.pop("authorization")
 
     assert parse_request(orjson.dumps(data), "verify").payer == PAYER
+
+
+def test_payment_identity_is_the_authorization_not_the_envelope() -> None:
+    """EIP-3009: (network, asset, payer, nonce); Permit2: (network, payer, nonce); else a hash."""
+    nonce = "0x" + "11" * 32
+    eip3009 = parse_request(orjson.dumps(v2_body(nonce=nonce)), "settle")
+    other_envelope = copied(v2_body(nonce=nonce))
+    other_envelope["paymentPayload"]["resource"]["url"] = "https://elsewhere.example/"
+    permit = copied(v2_body(nonce=nonce))
+    inner = permit["paymentPayload"]["payload"]
+    inner["permit2Authorization"] = inner.pop("authorization")
+    unknown = copied(v2_body())
+    unknown["paymentPayload"]["payload"] = {"transaction": "base64..."}
+
+    assert eip3009.identity == f"eip155:84532|{USDC_BASE_SEPOLIA}|{PAYER}|{nonce}".lower()
+    assert parse_request(orjson.dumps(other_envelope), "settle").identity == eip3009.identity
+    assert (
+        parse_request(orjson.dumps(permit), "settle").identity
+        == f"eip155:84532|permit2|{PAYER}|{nonce}".lower()
+    )
+    assert parse_request(orjson.dumps(unknown), "settle").identity.startswith("sha256:")
 
 
 @pytest.mark.parametrize(

@@ -139,17 +139,20 @@ def _validate(model: type[BaseModel], data: JSONObject, reason: str, where: str)
 def payment_identity(network: str, requirements: JSONObject, payload: JSONObject) -> str:
     """What makes this payment unique: the EVM authorization nonce, else the payload's hash.
 
-    An EIP-3009 or Permit2 nonce can be used once per payer and token, so (network, asset,
-    payer, nonce) names the payment whatever envelope it travels in.
+    An EIP-3009 nonce can be used once per payer and token, a Permit2 nonce once per owner, so
+    (network, asset, payer, nonce) and (network, payer, nonce) name the payment whatever
+    envelope it travels in.
     """
     inner = payload.get("payload")
     if isinstance(inner, dict):
-        for field_name in ("authorization", "permit2Authorization"):
-            auth = inner.get(field_name)
-            if isinstance(auth, dict) and isinstance(auth.get("from"), str):
-                nonce = auth.get("nonce")
-                asset = requirements.get("asset")
-                return f"{network}|{asset}|{auth['from']}|{nonce}".lower()
+        auth = inner.get("authorization")
+        if isinstance(auth, dict) and isinstance(auth.get("from"), str):
+            asset = requirements.get("asset")
+            return f"{network}|{asset}|{auth['from']}|{auth.get('nonce')}".lower()
+        permit = inner.get("permit2Authorization")
+        if isinstance(permit, dict) and isinstance(permit.get("from"), str):
+            # Permit2 nonces belong to the owner across every token.
+            return f"{network}|permit2|{permit['from']}|{permit.get('nonce')}".lower()
     return (
         "sha256:" + hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()
     )
