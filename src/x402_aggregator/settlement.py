@@ -182,8 +182,11 @@ class Settler:
         try:
             reply = await self._settle(request, plan)
         except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: copies re-raise it, nobody else needs to
+            if isinstance(exc, asyncio.CancelledError):
+                future.cancel()
+            else:
+                future.set_exception(exc)
+                future.exception()  # retrieved: copies re-raise it, nobody else needs to
             raise
         finally:
             if self._flights.get(key) is future:
@@ -245,22 +248,28 @@ class Settler:
         """Settle a payment an earlier attempt may have moved: evidence first, then its upstream."""
         record = claim.record
         run = _Run(self, request, record, report=report, doubtful=True)
+        previous = claim.previous or "ambiguous"
         if record.payload_hash != Payment.of(request).payload_hash:
             # Same authorization nonce, different signed payload: it must not steer a payment
-            # that may have moved; answer what is known without sending anything.
-            return await run.unknown("a different payload for this payment is being resolved")
-        if claim.previous == "pending_onchain" and record.transaction:
+            # that may have moved. Leave the record as it was and say what is known.
+            await self.ledger.finish(
+                record, previous, note=record.note, next_check_at=record.next_check_at
+            )
+            return _from_record(request, replace(record, state=previous))
+        on_chain = previous == "pending_onchain" and record.transaction is not None
+        if on_chain and record.transaction is not None:
             receipt_reply = await run.check_receipt(record.transaction)
             if receipt_reply is not None:
                 return receipt_reply
         verdict = await run.chain_verdict()
         if verdict is not None and verdict.used:
             return await run.chain_settled(verdict)
-        if verdict is not None:
-            if record.valid_before is not None and time.time() > record.valid_before:
-                return await run.expired()
+        if verdict is not None and run.expired_unused():
+            return await run.expired()
+        if verdict is not None and not on_chain:
             # Unused on chain: no attempt moved it, and the nonce can be used once: any
-            # upstream may try now, the chain decides which attempt wins.
+            # upstream may try now, the chain decides which attempt wins. (A transaction still
+            # waiting to be mined stays with the upstream that sent it.)
             return await run.execute(self._plan(request))
         sticky = self.engine.upstream(record.sticky) if record.sticky else None
         if sticky is None:
@@ -306,13 +315,7 @@ class Settler:
             request = None
         if request is None or request.identity != record.id:
             logger.error("settlement %s has an unreadable request; left for an operator", record.id)
-            await self.ledger.db.execute(
-                "UPDATE settlements SET next_check_at = ?, note = ? WHERE id = ? AND version = ?",
-                time.time() + 86400,
-                "unreadable record: left for an operator",
-                record.id,
-                record.version,
-            )
+            await self.ledger.defer(record, "unreadable record: left for an operator", 86400)
             return
         claim = await self.ledger.claim(Payment.of(request))
         if claim.status in ("settled", "busy"):
@@ -436,7 +439,7 @@ class _Run:
                     name,
                 )
                 continue
-            if verdict is not None and self._expired():
+            if verdict is not None and self.expired_unused():
                 return await self.expired()
             return await self.unknown(_why(outcome), name)
         if self.doubtful:
@@ -594,7 +597,8 @@ class _Run:
         )
         return Reply(200, orjson.dumps(body), None, self.sent, outcome="failed")
 
-    def _expired(self) -> bool:
+    def expired_unused(self) -> bool:
+        """Past validBefore (the chain said unused): no facilitator can ever move it now."""
         valid_before = self.record.valid_before
         return valid_before is not None and time.time() > valid_before
 

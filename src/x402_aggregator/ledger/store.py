@@ -330,6 +330,16 @@ class Ledger:
             logger.error("settlement %s was claimed by another instance meanwhile", record.id)
         return bool(counts[-1])
 
+    async def defer(self, record: Record, note: str, seconds: float) -> None:
+        """Leave a record alone for a while (one the resolver cannot act on)."""
+        await self.db.execute(
+            "UPDATE settlements SET next_check_at = ?, note = ? WHERE id = ? AND version = ?",
+            time.time() + seconds,
+            note,
+            record.id,
+            record.version,
+        )
+
     async def mark_reported(self, settlement_id: str) -> bool:
         """Claim the one report of a success; True for exactly one caller, across instances."""
         return bool(
@@ -383,11 +393,11 @@ class Ledger:
         """Unresolved records whose next check is due, and pending ones whose owner is gone."""
         now = time.time()
         rows = await self.db.fetch(
-            f"SELECT {_COLUMNS} FROM settlements WHERE (state IN (?, ?) AND"  # noqa: S608
-            " COALESCE(next_check_at, 0) <= ?) OR (state NOT IN (?, ?, ?, ?, ?))"
-            " OR (state = 'pending' AND updated_at < ?) ORDER BY updated_at LIMIT ?",
-            *UNRESOLVED,
+            f"SELECT {_COLUMNS} FROM settlements WHERE COALESCE(next_check_at, 0) <= ?"  # noqa: S608
+            " AND (state IN (?, ?) OR state NOT IN (?, ?, ?, ?, ?)"
+            " OR (state = 'pending' AND updated_at < ?)) ORDER BY updated_at LIMIT ?",
             now,
+            *UNRESOLVED,
             *STATES,
             now - self.instance_timeout_s / 2,
             limit,
