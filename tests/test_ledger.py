@@ -232,3 +232,4 @@ async def test_postgres_errors_never_show_the_password(postgres: PostgresServer)
     finally:
         await ledger.aclose()
     assert "s3cret" not in str(caught.value)
+    assert ledger.db.display == "postgresql://127.0.0.1:1/none"  # what /status shows

@@ -354,6 +354,11 @@ class Aggregator:
             "upstreams": upstreams,
             "totals": {"requests": dict(self.totals)},
             "recent_settlements": list(self.recent_settlements),
+            "ledger": {
+                "backend": self.ledger.db.dialect,
+                "location": self.ledger.db.display,
+                "unresolved": self.settler.unresolved,
+            },
         }
 
     def timeline(

@@ -151,9 +151,25 @@ def _schemas() -> dict[str, Any]:
         },
         "Status": {
             "type": "object",
-            "required": ["version", "generated_at", "upstreams", "totals", "recent_settlements"],
+            "required": [
+                "version",
+                "generated_at",
+                "upstreams",
+                "totals",
+                "recent_settlements",
+                "ledger",
+            ],
             "properties": {
                 "upstreams": {"type": "array", "items": _ref("UpstreamStatus")},
+                "ledger": {
+                    "type": "object",
+                    "required": ["backend", "location", "unresolved"],
+                    "properties": {
+                        "backend": {"enum": ["sqlite", "postgresql"]},
+                        "location": _TEXT,
+                        "unresolved": {"type": "integer"},
+                    },
+                },
                 "recent_settlements": {
                     "type": "array",
                     "items": {
