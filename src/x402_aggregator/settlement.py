@@ -285,18 +285,22 @@ class Settler:
     # -- the background resolver --------------------------------------------------------------
 
     async def _resolve_forever(self) -> None:
+        # The first pass, at start-up, looks at every unresolved record whatever its schedule:
+        # this process may have what the last one lacked (an RPC, an upstream that is back).
+        everything = True
         while True:
             try:
-                await self.resolve_due()
+                await self.resolve_due(everything=everything)
+                everything = False
             except LedgerError as exc:
                 logger.error("could not look at unresolved settlements: %s", exc)
             except Exception:
                 logger.exception("the settlement resolver failed; it will try again")
             await asyncio.sleep(self.config.resolve_interval_s)
 
-    async def resolve_due(self) -> None:
+    async def resolve_due(self, *, everything: bool = False) -> None:
         """Look again at every unresolved settle that is due, then purge what has expired."""
-        for record in await self.ledger.due():
+        for record in await self.ledger.due(everything=everything):
             try:
                 await self._resolve(record)
             except LedgerError:
@@ -501,11 +505,24 @@ class _Run:
         """A mined, successful transaction settles it; anything else leaves it as it is."""
         if self.reader is None:
             return None
+        self.n += 1
+        await self.ledger.begin_attempt(self.record, self.n, "chain", self._rpc)
         try:
             receipt = await self.reader.receipt(transaction)
         except (ChainError, ValueError) as exc:
+            await self.ledger.end_attempt(self.record, AttemptEnd(self.n, "error", error=str(exc)))
             logger.warning("could not read the receipt of %s: %s", transaction, exc)
             return None
+        outcome = (
+            "receipt_none"
+            if receipt is None
+            else "receipt_ok"
+            if receipt.succeeded
+            else ("receipt_reverted")
+        )
+        await self.ledger.end_attempt(
+            self.record, AttemptEnd(self.n, outcome, transaction=transaction)
+        )
         if receipt is None or not receipt.succeeded:
             return None
         reply = settled_by_chain(self.request, receipt.transaction, self.sent)
@@ -519,6 +536,11 @@ class _Run:
         )
         return reply
 
+    @property
+    def _rpc(self) -> str:
+        """How chain reads are named in the attempts (never the RPC's URL: it may hold a key)."""
+        return f"rpc:{caip2(self.request.kind.network)}"
+
     async def chain_verdict(self) -> Verdict | None:
         """Ask the token whether the authorization was used (and by which transaction).
 
@@ -529,8 +551,7 @@ class _Run:
         if self.reader is None or auth is None or asset is None:
             return None
         self.n += 1
-        rpc = f"rpc:{caip2(self.request.kind.network)}"
-        await self.ledger.begin_attempt(self.record, self.n, "chain", rpc)
+        await self.ledger.begin_attempt(self.record, self.n, "chain", self._rpc)
         try:
             used = await self.reader.authorization_used(asset, auth["from"], str(auth["nonce"]))
             transaction = (

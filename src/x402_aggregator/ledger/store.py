@@ -389,14 +389,15 @@ class Ledger:
         )
         return [_record(row) for row in rows]
 
-    async def due(self, limit: int = 100) -> list[Record]:
-        """Unresolved records whose next check is due, and pending ones whose owner is gone."""
+    async def due(self, limit: int = 100, *, everything: bool = False) -> list[Record]:
+        """Unresolved records whose next check is due (or all: ``everything``), and pending
+        ones whose owner is gone."""
         now = time.time()
         rows = await self.db.fetch(
             f"SELECT {_COLUMNS} FROM settlements WHERE COALESCE(next_check_at, 0) <= ?"  # noqa: S608
             " AND (state IN (?, ?) OR state NOT IN (?, ?, ?, ?, ?)"
             " OR (state = 'pending' AND updated_at < ?)) ORDER BY updated_at LIMIT ?",
-            now,
+            float("inf") if everything else now,
             *UNRESOLVED,
             *STATES,
             now - self.instance_timeout_s / 2,
