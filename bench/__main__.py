@@ -15,12 +15,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import faults, hotpath, machine, overhead, plots, report, settle, throughput
+from . import faults, hotpath, ledger, machine, overhead, plots, report, settle, throughput
 from .settings import Settings
 from .workspace import workspace
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
-SECTIONS = ("overhead", "hotpath", "throughput", "faults", "settle")
+SECTIONS = ("overhead", "hotpath", "throughput", "faults", "settle", "ledger")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         "throughput": throughput.run,
         "faults": faults.run,
         "settle": settle.run,
+        "ledger": ledger.run,
     }
     with workspace(keep=args.keep) as workdir:
         for name in SECTIONS:
@@ -96,6 +97,7 @@ def _markdown(name: str, result: Any) -> str:
         "throughput": report.throughput_section,
         "faults": report.faults_section,
         "settle": report.settle_section,
+        "ledger": report.ledger_section,
     }
     return render[name](result)
 
@@ -109,6 +111,7 @@ def _plots(results: dict[str, Any], directory: Path) -> dict[str, str]:
         ("throughput", "bench-throughput.png", plots.throughput, lambda r: r),
         ("faults", "bench-faults.png", plots.faults, lambda r: r),
         ("settle", "bench-settle.png", plots.settle, lambda r: r),
+        ("ledger", "bench-ledger.png", plots.ledger, lambda r: r),
     ]
     drawn = {}
     for section, filename, draw, pick in makers:

@@ -13,12 +13,14 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
 from .faults import MODES, FaultsResult
+from .ledger import DIRECT, MEMORY, POSTGRES, SQLITE, LedgerResult
 from .memory import MemoryResult
 from .overhead import OverheadResult
 from .settle import SettleResult
 from .throughput import ThroughputResult
 
 COLOURS = {"direct": "#4c72b0", "through": "#dd8452", "primary": "#4c72b0", "backup": "#55a868"}
+LEDGER_COLOURS = {DIRECT: "#4c72b0", MEMORY: "#dd8452", SQLITE: "#55a868", POSTGRES: "#8172b3"}
 ERROR = "#c44e52"
 
 
@@ -144,4 +146,40 @@ def settle(result: SettleResult, path: Path) -> Path:
     ax.set_title(f"Real payments on the test bed, {result.calls} calls each (p50)")
     ax.legend(fontsize=8)
     ax.grid(True, axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def ledger(result: LedgerResult, path: Path) -> Path:
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 3.8))
+    ticks = [50, 90, 99]
+    for row in result.sequential:
+        n = len(row.sorted_ms)
+        if not n:
+            continue
+        xs = [_nines(100 * (i + 0.5) / n) for i in range(n)]
+        colour = LEDGER_COLOURS.get(row.path)
+        left.plot(xs, row.sorted_ms, color=colour, label=row.path, linewidth=1.4)
+    left.set_xticks([_nines(t) for t in ticks], [f"p{t:g}" for t in ticks])
+    left.set_yscale("log")
+    plain = FuncFormatter(lambda value, _: f"{value:g}")
+    left.yaxis.set_major_formatter(plain)
+    left.yaxis.set_minor_formatter(plain)
+    left.tick_params(axis="y", which="minor", labelsize=7)
+    left.set_ylabel("settle latency (ms)")
+    left.set_title(f"Sequential settles, {result.rounds} per path")
+    left.grid(True, which="both", alpha=0.3)
+    left.legend(fontsize=8)
+
+    names = [row.path for row in result.concurrent][::-1]
+    rates = [row.rate for row in result.concurrent][::-1]
+    bars = right.barh(names, rates, color=[LEDGER_COLOURS.get(n, "#937860") for n in names])
+    for bar, rate in zip(bars, rates, strict=True):
+        right.text(
+            bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {rate:,.0f}", va="center"
+        )
+    right.set_xscale("log")
+    right.set_xlim(left=max(min(rates, default=10) / 4, 1), right=max(rates, default=10) * 4)
+    right.set_xlabel("settles/s (log scale)")
+    right.set_title(f"{result.clients} clients, closed loop, {result.seconds:g} s per path")
+    fig.suptitle("Settles direct and through the aggregator, by ledger database")
     return _save(fig, path)

@@ -21,7 +21,7 @@ _END = b"\r\n\r\n"
 
 @dataclass(frozen=True, slots=True)
 class Answer:
-    """A complete response: status and lower-cased header block (no body copy kept)."""
+    """A complete response: status, lower-cased header block, and whether the body said yes."""
 
     status: int
     head: bytes
@@ -37,8 +37,12 @@ class Answer:
         return self.head[start : end if end >= 0 else len(self.head)].strip().decode()
 
 
+_YES = (b'"isValid":true', b'"isValid": true', b'"success":true', b'"success": true')
+
+
 def _is_valid(body: bytes) -> bool:
-    return b'"isValid":true' in body or b'"isValid": true' in body
+    """A yes from a facilitator: ``isValid`` (verify) or ``success`` (settle) true."""
+    return any(yes in body for yes in _YES)
 
 
 class Connection(asyncio.Protocol):

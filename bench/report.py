@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from .faults import MODES, FaultsResult
 from .hotpath import Profile
+from .ledger import DIRECT, MEMORY, POSTGRES, LedgerResult
 from .machine import Machine
 from .memory import MemoryResult
 from .overhead import (
@@ -263,7 +264,132 @@ def settle_section(result: SettleResult) -> str:
             f"(after {result.warmup} warm-up pairs), alternating direct and through the "
             "aggregator; ms.",
             table,
-            "The comparison with the settlement ledger enabled waits for the ledger issue.",
+            "Through the aggregator, every settle is also written to its settlement ledger (the "
+            "default: a SQLite file, here in the scratch directory) before it is sent; section 5 "
+            "measures what the ledger costs.",
+        ]
+    )
+
+
+def ledger_section(result: LedgerResult) -> str:
+    ledgers = {
+        DIRECT: "none (no aggregator)",
+        MEMORY: "`sqlite:///:memory:` (no durability)",
+        "SQLite file": "`sqlite:///…/ledger.db` (WAL, `synchronous=FULL`)",
+        POSTGRES: f"PostgreSQL {result.postgres_version} (fsync, `synchronous_commit` on)",
+    }
+    seq_rows = [
+        [r.path, ledgers.get(r.path, ""), str(r.latency.count), str(r.errors)]
+        + [ms(v) for v in (r.latency.p50, r.latency.p90, r.latency.p99, r.latency.max)]
+        for r in result.sequential
+    ]
+    sequential = _table(
+        ["path", "ledger", "settles", "errors", "p50", "p90", "p99", "max"], seq_rows
+    )
+    cost_rows = []
+    for w in result.write_ahead():
+        versus_memory = (
+            ["-", "-"]
+            if w.path == MEMORY
+            else [f"**{w.vs_memory.p50:+.2f}**", f"**{w.vs_memory.p99:+.2f}**"]
+        )
+        cost_rows.append(
+            [w.path, *versus_memory, f"{w.vs_direct.p50:+.2f}", f"{w.vs_direct.p99:+.2f}"]
+        )
+    cost = _table(
+        [
+            "ledger",
+            "added p50 vs `:memory:`",
+            "added p99 vs `:memory:`",
+            "added p50 vs direct",
+            "added p99 vs direct",
+        ],
+        cost_rows,
+    )
+    memory = next((r for r in result.concurrent if r.path == MEMORY), None)
+    conc_rows = []
+    for r in result.concurrent:
+        cpu = " / ".join(
+            f"{r.cpu[k]:.2f}" if k in r.cpu else "-"
+            for k in ("generator", "aggregator", "upstream", "postgres")
+        )
+        busy = sum(v for k, v in r.cpu.items() if k != "generator")
+        ratio = f"{r.rate / memory.rate:.2f}" if memory is not None and memory.rate else "-"
+        generator = "**saturated**" if r.generator_saturated else "not saturated"
+        if r.exhausted:
+            generator += "; **ran out of pre-built payments** (window cut short)"
+        conc_rows.append(
+            [
+                r.path,
+                f"**{r.rate:,.0f}**",
+                ratio if r.path != DIRECT else "-",
+                f"{ms(r.latency.p50, 1)} / {ms(r.latency.p99, 1)}",
+                str(r.errors),
+                cpu,
+                f"{busy:.2f}",
+                generator,
+            ]
+        )
+    concurrent = _table(
+        [
+            "path",
+            "settles/s",
+            "÷ `:memory:`",
+            "p50 / p99 (ms, closed loop)",
+            "errors",
+            "CPU generator / aggregator / upstream / PostgreSQL (cores)",
+            "under test, total (cores)",
+            "generator",
+        ],
+        conc_rows,
+    )
+    samples = sorted({e for r in result.concurrent for e in r.error_samples})
+    samples += [e for e in result.sequential_errors if e not in samples]
+    errors = (
+        "Errors seen: " + "; ".join(f"`{e}`" for e in samples) + "."
+        if samples
+        else "No errors: every settle was answered HTTP 200 with `success: true`."
+    )
+    saturated = any(r.generator_saturated or r.exhausted for r in result.concurrent)
+    busiest = max((r.cpu.get("generator", 0.0) for r in result.concurrent), default=0.0)
+    f = result.fsync
+    return "\n\n".join(
+        [
+            "One fake facilitator with no added latency (it answers every settle with "
+            "success), direct and through three aggregators that differ only in "
+            "`ledger.url`. Through a ledger, every settle is claimed and its attempt written "
+            "before it is sent upstream, and its outcome written before the answer. Every "
+            "request is a new payment (a `v2_body` with a fresh EIP-3009 nonce; all request "
+            "bytes built before the clock starts). A closed-loop generator in its own process "
+            f"(`bench/settleload.py`); placement: {result.placement}.",
+            f"**Sequential**: {result.rounds} settles per path, one at a time, the four paths "
+            f"taking turns request by request (after {result.warmup_rounds} warm-up rounds); ms "
+            "from writing the request to the end of the answer.",
+            sequential,
+            "**Cost of the write-ahead**: the durable ledgers minus the in-memory one (same "
+            "code, no fsync, no server round trips), and each aggregator minus direct (the "
+            "whole settle path), quantile by quantile, ms.",
+            cost,
+            f"**Concurrent**: {result.clients} clients, closed loop (each sends its next settle "
+            f"when the previous answer arrives), {result.warmup_s:g} s warm-up then "
+            f"{result.seconds:g} s measured per path, one path after the other. Errors = any "
+            "answer other than HTTP 200 with `success: true`, or none. CPU is CPU time / wall "
+            "time over the window. The processes under test share one core (see placement): a "
+            "total near 1.00 means that core was the limit, a lower one that settles were "
+            "waiting (on fsync, on the database, on locks).",
+            concurrent,
+            errors,
+            (
+                "Load generator: **saturated or short of payments** in at least one run: the "
+                "figures of that run say little about the server."
+                if saturated
+                else f"Load generator: at most {100 * busiest:.1f} % of its core "
+                f"({100 * result.sequential_generator_cpu:.1f} % in the sequential run): not "
+                "saturated."
+            ),
+            f"fsync on the scratch directory's file system, {result.fsync_where} (append 4 KiB "
+            f"+ fsync, {f.count} times): p50 {ms(f.p50)} ms, p99 {ms(f.p99)} ms, max "
+            f"{ms(f.max)} ms. PostgreSQL's data directory: {result.postgres_where}.",
         ]
     )
 
@@ -427,8 +553,9 @@ def document(
         "throughput": "2. Throughput (wrk, zero-latency upstream)",
         "faults": "3. Faults under load",
         "settle": "4. Settle path (real test bed)",
-        "memory": "5. Memory",
-        "hotpath": "6. Hot path (py-spy)",
+        "ledger": "5. Settlement ledger (settles/s, cost of the write-ahead)",
+        "memory": "6. Memory",
+        "hotpath": "7. Hot path (py-spy)",
     }
     for key, title in titles.items():
         parts.append(f"## {title}")
@@ -447,7 +574,7 @@ def document(
 
 
 METHOD = """\
-- **Open-loop generator** (`bench/loadgen.py`, sections 1, 3, 5, 6): its own process, pinned to
+- **Open-loop generator** (`bench/loadgen.py`, sections 1, 3, 6, 7): its own process, pinned to
   its core with `os.sched_setaffinity`. Request *i* is due at *t0 + i/rate*; a Linux `timerfd`
   wakes the generator at those instants (nanosecond deadlines rather than the event loop's
   millisecond timers) and the request goes out at once on a keep-alive connection, a new one
@@ -459,6 +586,10 @@ METHOD = """\
   request by request). Both paths include the same generator and kernel costs.
 - **wrk** (section 2) is closed loop: 32 connections each send the next request when the
   previous answer arrives. It measures capacity, not latency under a given load.
+- **Closed-loop settle generator** (`bench/settleload.py`, section 5): its own process on the
+  load core, the same HTTP client; a fixed number of connections each send the next settle when
+  the previous answer arrives (one connection for the sequential run). Every request is a new
+  payment, its bytes built before the clock starts.
 - **Processes**: everything is started with `x402_aggregator.testbed.process.spawn` (bounded
   lifetime, own process group, stopped at the end) and listens on 127.0.0.1 only. The aggregator
   is `x402-aggregator serve --config FILE` with `log_level: warning`.

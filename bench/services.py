@@ -156,11 +156,16 @@ def start_aggregator(
     lifetime_s: float = 600,
     env: dict[str, str] | None = None,
 ) -> Service:
-    """``x402-aggregator serve --config FILE`` (log level warning); waits for ``/healthz``."""
+    """``x402-aggregator serve --config FILE`` (log level warning); waits for ``/healthz``.
+
+    Unless ``extra`` says otherwise, the settlement ledger is a SQLite file in ``workdir`` (the
+    default would be one in the current directory, shared by every run).
+    """
     port = free_port()
     config = {
         "server": {"host": HOST, "port": port, "log_level": "warning"},
         "upstreams": upstreams,
+        "ledger": {"url": f"sqlite:///{workdir.resolve() / f'{name}-ledger.db'}"},
         **(extra or {}),
     }
     path = workdir / f"{name}.yaml"

@@ -75,6 +75,32 @@ class Settings:
         """Verify + settle pairs per path before measuring (connections, caches)."""
         return 1 if self.quick else 2
 
+    # --- ledger (settles through the settlement ledger) ------------------------------------
+    @property
+    def ledger_rounds(self) -> int:
+        """Sequential settles measured per path (the paths take turns)."""
+        return 100 if self.quick else 500
+
+    @property
+    def ledger_warmup_rounds(self) -> int:
+        return 10 if self.quick else 30
+
+    @property
+    def ledger_seconds(self) -> float:
+        """Measured seconds of closed-loop concurrent settles per path."""
+        return 2.0 if self.quick else 5.0
+
+    @property
+    def ledger_warmup_s(self) -> float:
+        return 0.5 if self.quick else 1.0
+
+    #: Concurrent clients (connections, one settle in flight each).
+    ledger_clients: int = 32
+
+    @property
+    def fsync_probes(self) -> int:
+        return 50 if self.quick else 200
+
     @property
     def pause_s(self) -> float:
         """Pause before reading RSS at idle and after load."""

@@ -3,8 +3,8 @@
 Starts the test bed (anvil with Circle's USDC, the Python-SDK and the TypeScript-SDK
 facilitators), then for each facilitator an aggregator (``x402-aggregator serve``) that has it
 as primary. Fresh signed payments are verified and settled one at a time, alternating direct and
-through the aggregator, so both paths see the same chain. (Comparing with the ledger on waits
-for the ledger issue.)
+through the aggregator, so both paths see the same chain. The aggregator writes each settle to
+its default SQLite ledger (in the scratch directory); :mod:`bench.ledger` compares ledgers.
 
     python -m bench.settle [--quick]
 """
