@@ -60,6 +60,7 @@ from .settings import Settings
 from .settleload import CONCURRENT, SEQUENTIAL, SettleLoadResult, SettleSpec
 from .stats import Summary
 from .workspace import run_section
+from .wrk import cpu_seconds as _cpu_seconds
 
 DIRECT = "direct to upstream"
 MEMORY = "SQLite :memory:"
@@ -220,17 +221,6 @@ def _pin(processes: list[psutil.Process], cpu: int) -> bool:
     except (psutil.Error, OSError):
         return False
     return True
-
-
-def _cpu_seconds(processes: list[psutil.Process]) -> float:
-    total = 0.0
-    for process in processes:
-        try:
-            times = process.cpu_times()
-        except psutil.NoSuchProcess:
-            continue
-        total += times.user + times.system
-    return total
 
 
 class _Generator:

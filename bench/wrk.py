@@ -75,7 +75,8 @@ def script(workdir: Path) -> Path:
     return path
 
 
-def _cpu_seconds(processes: list[psutil.Process]) -> float:
+def cpu_seconds(processes: list[psutil.Process]) -> float:
+    """User + system CPU seconds of ``processes`` so far (the gone ones count nothing)."""
     total = 0.0
     for process in processes:
         try:
@@ -115,10 +116,10 @@ def run(
         time.sleep(0.3)
         groups = {"wrk": psutil.Process(child.pid).children(recursive=True), **watch}
         started = time.monotonic()
-        before = {name: _cpu_seconds(procs) for name, procs in groups.items()}
+        before = {name: cpu_seconds(procs) for name, procs in groups.items()}
         time.sleep(max(seconds - 0.6, 0.1))
         wall = time.monotonic() - started
-        used = {name: (_cpu_seconds(procs) - before[name]) / wall for name, procs in groups.items()}
+        used = {name: (cpu_seconds(procs) - before[name]) / wall for name, procs in groups.items()}
         code = child.process.wait(timeout=seconds + 20)
     finally:
         child.stop()

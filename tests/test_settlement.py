@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
 import time
 from typing import Any
 from urllib.parse import quote
@@ -119,6 +120,15 @@ async def test_a_cancelled_caller_does_not_cut_a_settle_short(fakes: FakeFactory
     assert primary.calls["settle"] == 1
     assert again["errorReason"] == "duplicate_settlement"
     assert again["transaction"].startswith("0x")
+
+
+@pytest.fixture(autouse=True, params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every behaviour here holds on both ledgers: a SQLite file and a real PostgreSQL."""
+    if request.param == "postgresql":
+        server: PostgresServer = request.getfixturevalue("postgres")
+        monkeypatch.setenv("X402_AGGREGATOR_LEDGER__URL", server.new_database())
+    return os.environ["X402_AGGREGATOR_LEDGER__URL"]
 
 
 def settlement_of(agg: Running, response: httpx.Response) -> dict[str, Any]:
@@ -334,12 +344,12 @@ def test_settlement_records_are_listed_and_looked_up(
 
 
 def test_damaged_records_never_stop_the_service(
-    fakes: FakeFactory, aggregator: AggregatorFactory, private_ledger: str
+    fakes: FakeFactory, aggregator: AggregatorFactory, backend: str
 ) -> None:
     """Garbage in the ledger is shown as ambiguous and left alone; the service starts and works."""
 
     async def damage() -> None:
-        ledger = Ledger.from_url(private_ledger)
+        ledger = Ledger.from_url(backend)
         await ledger.open(heartbeat=False)
         for state, request in (("exploded", "{}"), ("pending", "not json"), ("ambiguous", "[]")):
             await ledger.db.execute(

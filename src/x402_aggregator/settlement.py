@@ -404,7 +404,6 @@ class _Run:
                 engine.totals["failovers"] += 1
                 metrics.FAILOVERS.labels("settle").inc()
             self.n += 1
-            self.sent += 1
             name = attempt.upstream.name
             try:
                 await self.ledger.begin_attempt(self.record, self.n, "settle", name)
@@ -412,6 +411,7 @@ class _Run:
                 if claimed:
                     attempt.upstream.health.release(self.request.kind.network)
                 raise
+            self.sent += 1  # from here on, the upstream may act on it
             outcome = await engine._attempt(
                 attempt.upstream, "settle", self.request, remaining, claimed
             )
@@ -470,14 +470,19 @@ class _Run:
 
     async def chain_settled(self, verdict: Verdict) -> Reply:
         assert verdict.transaction is not None
-        reply = settled_by_chain(self.request, verdict.transaction, self.sent)
+        note = "resolved from the chain: the authorization's AuthorizationUsed log"
+        return await self._proven(verdict.transaction, note)
+
+    async def _proven(self, transaction: str, note: str) -> Reply:
+        """Settled, on the chain's word rather than an upstream's answer."""
+        reply = settled_by_chain(self.request, transaction, self.sent)
         await self.ledger.finish(
             self.record,
             "settled",
-            transaction=verdict.transaction,
+            transaction=transaction,
             response=reply.body,
             reported=self.report,
-            note="resolved from the chain: the authorization's AuthorizationUsed log",
+            note=note,
         )
         return reply
 
@@ -513,28 +518,18 @@ class _Run:
             await self.ledger.end_attempt(self.record, AttemptEnd(self.n, "error", error=str(exc)))
             logger.warning("could not read the receipt of %s: %s", transaction, exc)
             return None
-        outcome = (
-            "receipt_none"
-            if receipt is None
-            else "receipt_ok"
-            if receipt.succeeded
-            else ("receipt_reverted")
-        )
+        if receipt is None:
+            outcome = "receipt_none"
+        else:
+            outcome = "receipt_ok" if receipt.succeeded else "receipt_reverted"
         await self.ledger.end_attempt(
             self.record, AttemptEnd(self.n, outcome, transaction=transaction)
         )
         if receipt is None or not receipt.succeeded:
             return None
-        reply = settled_by_chain(self.request, receipt.transaction, self.sent)
-        await self.ledger.finish(
-            self.record,
-            "settled",
-            transaction=receipt.transaction,
-            response=reply.body,
-            reported=self.report,
-            note=f"confirmed by its receipt (block {receipt.block})",
+        return await self._proven(
+            receipt.transaction, f"confirmed by its receipt (block {receipt.block})"
         )
-        return reply
 
     @property
     def _rpc(self) -> str:
@@ -652,7 +647,9 @@ def _why(outcome: Outcome) -> str:
 def _from_record(request: PaymentRequest, record: Record) -> Reply:
     """Answer from what another instance recorded (a failure, or still unknown/pending)."""
     if record.state == "failed" and record.response is not None:
-        return Reply(200, record.response, record.upstream, 0, outcome="failed")
+        outcome = result_of(orjson.loads(record.response))
+        status = 502 if outcome == "no_upstream" else 200
+        return Reply(status, record.response, record.upstream, 0, outcome=outcome)
     if record.state == "pending_onchain" and record.response is not None:
         return Reply(200, record.response, record.upstream, 0, outcome="pending")
     message = (

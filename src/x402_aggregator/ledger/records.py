@@ -112,22 +112,15 @@ class AttemptEnd:
 
 
 @dataclass(frozen=True, slots=True)
-class Record:
-    """A payment's row, and (when asked for) its attempts, oldest first."""
+class Record(Payment):
+    """A payment as the ledger holds it: what happened to it, and (when asked for) its attempts.
 
-    id: str
+    ``id`` names the payment (see :func:`~x402_aggregator.protocol.payment_identity`).
+    """
+
     state: State
     version: int
     owner: str | None
-    network: str
-    scheme: str
-    x402_version: int
-    asset: str | None
-    payer: str | None
-    nonce: str | None
-    valid_before: int | None
-    payload_hash: str
-    request: bytes = field(repr=False)
     upstream: str | None = None
     transaction: str | None = None
     #: The final answer's body (what a successful settle reported).

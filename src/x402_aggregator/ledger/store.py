@@ -17,7 +17,7 @@ import socket
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any, Literal
 
 import orjson
@@ -498,23 +498,8 @@ def _end_attempt(record: Record, end: AttemptEnd) -> tuple[str, tuple[Any, ...]]
 
 
 def _new_record(payment: Payment, owner: str, now: float) -> Record:
-    return Record(
-        id=payment.id,
-        state="pending",
-        version=1,
-        owner=owner,
-        network=payment.network,
-        scheme=payment.scheme,
-        x402_version=payment.x402_version,
-        asset=payment.asset,
-        payer=payment.payer,
-        nonce=payment.nonce,
-        valid_before=payment.valid_before,
-        payload_hash=payment.payload_hash,
-        request=payment.request,
-        created_at=now,
-        updated_at=now,
-    )
+    known = {f.name: getattr(payment, f.name) for f in fields(Payment)}
+    return Record(**known, state="pending", version=1, owner=owner, created_at=now, updated_at=now)
 
 
 def _record(row: Row) -> Record:
