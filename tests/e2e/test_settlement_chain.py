@@ -83,16 +83,14 @@ def serve(testbed: TestBed, monkeypatch: pytest.MonkeyPatch) -> Iterator[Serve]:
     started: list[Served] = []
 
     def make(*order: str, rpc: bool, slow: str | None = None) -> Served:
-        config = testbed.aggregator_config(*order)
+        config = testbed.aggregator_config(*order, rpc=rpc)
         for entry in config["upstreams"]:
             if entry["name"] == slow:
                 entry.update(timeout_s=FROZEN_TIMEOUT_S, settle_timeout_s=FROZEN_TIMEOUT_S)
         # A long interval keeps the background resolver out of the way (it runs once when the
         # ledger opens, with nothing to do): the tests drive resolution with their own retries.
-        config["ledger"] = {"resolve_interval_s": 600}
+        config["ledger"] = {**config["ledger"], "resolve_interval_s": 600}
         config["admin"] = {"token_env": ADMIN_TOKEN_ENV}
-        if rpc:
-            config["networks"] = {NETWORK: {"rpc_url": testbed.chain.rpc_url}}
         server = LiveServer(create_app(aggregator=Aggregator(load_config(config)))).start()
         served = Served(server, httpx.Client(base_url=server.url, timeout=120))
         started.append(served)

@@ -134,8 +134,12 @@ class TestBed:
             "pay_to": self.chain.balance(self.pay_to),
         }
 
-    def aggregator_config(self, *order: str, **upstream: Any) -> dict[str, Any]:
-        """An aggregator configuration with the facilitators as upstreams, in ``order``."""
+    def aggregator_config(self, *order: str, rpc: bool = True, **upstream: Any) -> dict[str, Any]:
+        """An aggregator configuration with the facilitators as upstreams, in ``order``.
+
+        Its ledger lives with the test bed's logs; ``rpc`` lets it read the local chain to
+        resolve ambiguous settles (never a public RPC: the test bed is all on loopback).
+        """
         names = order or tuple(self.facilitators)
         return {
             "upstreams": [
@@ -156,4 +160,6 @@ class TestBed:
                 "timeout_s": 2,
                 "startup_wait_s": 5,
             },
+            "ledger": {"url": f"sqlite:///{self.log_dir / 'ledger.db'}", "public_rpcs": False},
+            "networks": {"eip155:84532": {"rpc_url": self.chain.rpc_url}} if rpc else {},
         }
