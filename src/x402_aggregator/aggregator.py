@@ -269,7 +269,7 @@ class Aggregator:
         self, request: PaymentRequest, plan: Sequence[Attempt], idempotency_key: str | None
     ) -> Reply:
         reply = await self.settler.settle(request, plan, idempotency_key)
-        if reply.outcome not in ("ledger_unavailable",):
+        if reply.outcome != "ledger_unavailable":
             answer = reply.json()
             self._note_settlement(request, reply, answer, result_of(answer))
         return reply
