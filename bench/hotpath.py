@@ -79,13 +79,17 @@ def parse(raw: str, top: int = 12) -> tuple[int, list[Frame], list[Frame]]:
             continue
         n = int(count)
         frames = stack.split(";")
+        if EVENT_LOOP_FRAME not in frames:
+            # Another thread (the ledger's SQLite worker waiting for work, which py-spy does
+            # not always see as idle): the hot path is the event loop's thread.
+            continue
         total += n
         for frame in set(frames):
             inclusive[frame] += n
         self_[frames[-1]] += n
         # A library is "on the stack" when it is among the frames the event loop called (the
         # entry point, typer and uvicorn.run sit above every sample and would be 100 %).
-        loop_at = frames.index(EVENT_LOOP_FRAME) if EVENT_LOOP_FRAME in frames else 0
+        loop_at = frames.index(EVENT_LOOP_FRAME)
         for library in {_library(f) for f in frames[loop_at + 1 :]}:
             lib_inclusive[library] += n
         lib_self[_library(frames[-1])] += n

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import httpx
 import orjson
 import pytest
 
+from x402_aggregator.server import GC_THRESHOLD
 from x402_aggregator.testing.fake_facilitator import Mode
 from x402_aggregator.testing.live import StalledListener, free_port
 from x402_aggregator.testing.payloads import v1_body, v2_body
@@ -575,3 +580,37 @@ def test_concurrent_verifies_share_the_pool(
 
     assert answered == ["primary"] * 64
     assert primary.calls["verify"] == 64
+
+
+def test_only_the_serving_process_tunes_the_garbage_collector(
+    fakes: FakeFactory, tmp_path: Path
+) -> None:
+    """``serve``'s app freezes start-up objects and collects less often; a library user's not."""
+    script = """
+import asyncio, gc, sys
+from x402_aggregator.server import app_from_environment, create_app
+from x402_aggregator.config import load_config
+
+async def started(app):
+    async with app.starlette.router.lifespan_context(app.starlette):
+        return gc.get_threshold()[0], gc.get_freeze_count() > 0
+
+print(*asyncio.run(started(create_app(load_config()))))
+print(*asyncio.run(started(app_from_environment())))
+"""
+    primary = fakes("primary")
+    config = tmp_path / "agg.yaml"
+    config.write_text(f"upstreams: [{{name: primary, url: '{primary.url}'}}]\n")
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "X402_AGGREGATOR_CONFIG": str(config)},
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stderr
+    library, serving = result.stdout.split("\n")[:2]
+    assert library == "700 False"
+    assert serving == f"{GC_THRESHOLD} True"

@@ -12,7 +12,6 @@ import time
 from asyncio import FIRST_COMPLETED
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import replace
 from datetime import UTC, datetime
 
 import orjson
@@ -263,7 +262,7 @@ class Aggregator:
             upstream = self.upstream(outcome.upstream)
             if upstream is not None:
                 self.router.remember(request, upstream)
-        return replace(relay(outcome, run.attempts), outcome="valid" if valid else "invalid")
+        return relay(outcome, run.attempts, "valid" if valid else "invalid")
 
     async def _settle(
         self, request: PaymentRequest, plan: Sequence[Attempt], idempotency_key: str | None

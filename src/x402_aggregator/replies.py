@@ -54,10 +54,10 @@ def result_of(answer: JSONObject) -> str:
     }.get(str(answer.get("errorReason")), "failed")
 
 
-def relay(outcome: Outcome, attempts: int) -> Reply:
+def relay(outcome: Outcome, attempts: int, result: str = "") -> Reply:
     """Answer with an upstream's (normalised) answer, always HTTP 200."""
     body = outcome.raw if outcome.raw is not None else orjson.dumps(outcome.answer)
-    return Reply(200, body, outcome.upstream, attempts, outcome.extension_responses)
+    return Reply(200, body, outcome.upstream, attempts, outcome.extension_responses, result)
 
 
 def settled_by_chain(request: PaymentRequest, transaction: str, attempts: int) -> Reply:

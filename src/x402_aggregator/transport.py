@@ -9,6 +9,7 @@ throughput of httpx under concurrency); tests may plug in :class:`HandlerTranspo
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from .errors import ConnectError, ConnectionLost, ConnectTimeout, ReadTimeout
+from .errors import ConnectError, ConnectionLost, ConnectTimeout, ReadTimeout, TransportError
 
 #: Answers larger than this are cut off; no facilitator answer comes close.
 MAX_ANSWER_BYTES = 1024 * 1024
@@ -75,10 +76,7 @@ class AiohttpTransport:
         return self._pooled
 
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
-        timeout = aiohttp.ClientTimeout(
-            total=request.timeout_s,
-            sock_connect=min(request.connect_timeout_s, request.timeout_s),
-        )
+        timeout = _timeout(request.timeout_s, request.connect_timeout_s)
         session = self._session(request.fresh_connection)
         with _map_errors(request):
             async with session.request(
@@ -98,12 +96,21 @@ class AiohttpTransport:
         self._pooled = self._fresh = None
 
 
+@functools.lru_cache(maxsize=256)
+def _timeout(total_s: float, connect_s: float) -> aiohttp.ClientTimeout:
+    # Budgets repeat (each upstream's, less what a deadline has used): one object per pair.
+    return aiohttp.ClientTimeout(total=total_s, sock_connect=min(connect_s, total_s))
+
+
 async def _body(response: aiohttp.ClientResponse) -> bytes:
     """The whole answer, to EOF; past ``MAX_ANSWER_BYTES`` it is cut (and so is no answer).
 
     ``StreamReader.read(n)`` returns what has arrived so far, not the whole body: an answer
     sent in two packets would be cut in half.
     """
+    declared = response.content_length
+    if declared is not None and declared <= MAX_ANSWER_BYTES:
+        return await response.read()  # to the declared length, in one await
     chunks: list[bytes] = []
     size = 0
     while size <= MAX_ANSWER_BYTES:
@@ -127,20 +134,24 @@ def _make_session(connector: aiohttp.TCPConnector) -> aiohttp.ClientSession:
 @contextmanager
 def _map_errors(request: UpstreamRequest) -> Iterator[None]:
     """Translate aiohttp's errors into ours, keeping "never arrived" apart from "may have"."""
-    where = f"{request.method} {urlsplit(request.url).path or '/'}"
     try:
         yield
+    except (aiohttp.ClientError, ConnectionError, TimeoutError) as exc:
+        raise _mapped(exc, request) from exc
+
+
+def _mapped(exc: BaseException, request: UpstreamRequest) -> TransportError:
     # Order matters: aiohttp's connect errors subclass its generic OS and timeout errors.
-    except aiohttp.ConnectionTimeoutError as exc:
-        raise ConnectTimeout(f"{where}: connect timed out") from exc
-    except aiohttp.ClientConnectorError as exc:
-        raise ConnectError(f"{where}: cannot connect ({exc.os_error.strerror or exc})") from exc
-    except TimeoutError as exc:
-        raise ReadTimeout(f"{where}: no answer within {request.timeout_s:g} s") from exc
-    except aiohttp.ServerDisconnectedError as exc:
-        raise ConnectionLost(f"{where}: server closed the connection") from exc
-    except (aiohttp.ClientError, ConnectionError) as exc:
-        raise ConnectionLost(f"{where}: {type(exc).__name__}: {exc}") from exc
+    where = f"{request.method} {urlsplit(request.url).path or '/'}"
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return ConnectTimeout(f"{where}: connect timed out")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return ConnectError(f"{where}: cannot connect ({exc.os_error.strerror or exc})")
+    if isinstance(exc, TimeoutError):
+        return ReadTimeout(f"{where}: no answer within {request.timeout_s:g} s")
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return ConnectionLost(f"{where}: server closed the connection")
+    return ConnectionLost(f"{where}: {type(exc).__name__}: {exc}")
 
 
 Handler = Callable[[UpstreamRequest], Awaitable[UpstreamResponse]]
