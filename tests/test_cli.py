@@ -17,6 +17,7 @@ import orjson
 import pytest
 
 from x402_aggregator import __version__
+from x402_aggregator.config import load_config
 from x402_aggregator.ledger import AttemptEnd, Ledger, Payment
 from x402_aggregator.protocol import parse_request
 from x402_aggregator.testing.live import free_port
@@ -236,3 +237,21 @@ def test_ledger_list_and_show_read_the_ledger_directly(private_ledger: str) -> N
     assert "request" not in orjson.loads(shown.stdout)
     assert missing.returncode == 1
     assert bad_state.returncode == 2
+
+
+def test_init_writes_a_starter_config_that_loads_and_never_overwrites(tmp_path: Path) -> None:
+    target = tmp_path / "agg.yaml"
+
+    first = run("init", str(target))
+    again = run("init", str(target))
+    target.write_text("edited\n")
+    forced = run("init", str(target), "--force")
+
+    assert first.returncode == 0, first.stderr
+    config = load_config(target)
+    assert [u.name for u in config.upstreams] == ["x402-org", "payai", "x402-rs"]
+    assert config.ledger.url.startswith("sqlite:///")
+    assert again.returncode == 1
+    assert "exists" in again.stderr
+    assert forced.returncode == 0
+    assert "upstreams:" in target.read_text()

@@ -8,6 +8,7 @@ import os
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from importlib import resources
 from pathlib import Path
 from typing import Annotated, TypeVar
 
@@ -122,6 +123,22 @@ def serve(
     except ConfigError as exc:  # e.g. an auth variable that is not set
         err.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(STARTUP_FAILURE) from None
+
+
+@app.command()
+def init(
+    path: Annotated[Path, typer.Argument(help="Where to write it.", dir_okay=False)] = Path(
+        "x402-aggregator.yaml"
+    ),
+    force: Annotated[bool, typer.Option(help="Overwrite an existing file.")] = False,
+) -> None:
+    """Write a commented starter configuration (public facilitators, SQLite ledger)."""
+    if path.exists() and not force:
+        err.print(f"[red]error:[/red] {path} exists; pass --force to overwrite it")
+        raise typer.Exit(1)
+    starter = resources.files("x402_aggregator").joinpath("templates/starter.yaml").read_text()
+    path.write_text(starter, encoding="utf-8")
+    err.print(f"wrote {path}; next: x402-aggregator check --config {path}", highlight=False)
 
 
 ledger_app = typer.Typer(help="Read the settlement ledger (works while the service is down).")
