@@ -109,6 +109,11 @@ class Aggregator:
         self.settler = Settler(self, self.ledger, chain_readers(config))
 
     @property
+    def transport(self) -> Transport:
+        """The pooled upstream client, shared with anything that calls upstreams for us."""
+        return self._transport
+
+    @property
     def upstreams(self) -> tuple[Upstream, ...]:
         return self.router.upstreams
 
@@ -168,19 +173,31 @@ class Aggregator:
             )
             self.alerts.emit("upstream_state", **fields)
 
-    async def verify(self, body: bytes, *, request_id: str | None = None) -> Reply:
-        """Verify a payment at the first candidate that gives a usable answer."""
-        return await self._handle("verify", body, request_id)
+    async def verify(
+        self, body: bytes, *, request_id: str | None = None, caller: str | None = None
+    ) -> Reply:
+        """Verify a payment at the first candidate that gives a usable answer.
+
+        ``caller`` is the name of the caller's API key (access log only), if keys are on.
+        """
+        return await self._handle("verify", body, request_id, caller=caller)
 
     async def settle(
-        self, body: bytes, *, request_id: str | None = None, idempotency_key: str | None = None
+        self,
+        body: bytes,
+        *,
+        request_id: str | None = None,
+        idempotency_key: str | None = None,
+        caller: str | None = None,
     ) -> Reply:
         """Settle a payment through the ledger (see :mod:`.settlement`).
 
         The settle runs in its own task: if the caller goes away (cancelled), it still
         finishes and its outcome is recorded, instead of being cut off half-way.
         """
-        task = asyncio.create_task(self._handle("settle", body, request_id, idempotency_key))
+        task = asyncio.create_task(
+            self._handle("settle", body, request_id, idempotency_key, caller)
+        )
         return await asyncio.shield(task)
 
     def supported(self) -> bytes:
@@ -203,6 +220,7 @@ class Aggregator:
         body: bytes,
         request_id: str | None,
         idempotency_key: str | None = None,
+        caller: str | None = None,
     ) -> Reply:
         self.totals[operation] += 1
         started = time.perf_counter()
@@ -224,6 +242,8 @@ class Aggregator:
                 "network": request.kind.network if request else None,
                 "payer": short(request.payer) if request else None,
             }
+            if caller is not None:
+                fields["key"] = caller  # the key's configured name, never the key
             access_log.info("%s %s", operation, reply.outcome, extra={"fields": fields})
         return reply
 

@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from .errors import ConfigError
@@ -33,6 +41,20 @@ class ServerConfig(_Section):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     #: ``json``: one JSON object per line (with request id, upstream, outcome, latency).
     log_format: Literal["text", "json"] = "text"
+    #: Environment variable holding the callers' API keys as ``name:key,name:key``; without it
+    #: the facilitator API is open (see :mod:`.access`).
+    api_keys_env: str | None = None
+    #: Requests per second each API key may make (a token bucket per key); None: unlimited.
+    rate_limit_per_s: float | None = Field(None, gt=0)
+    #: Requests a key may make at once after being idle (the bucket's size).
+    rate_limit_burst: int = Field(20, ge=1)
+
+    @model_validator(mode="after")
+    def _rate_limit_needs_keys(self) -> ServerConfig:
+        # Buckets are per key: without keys there is nothing to count against.
+        if self.rate_limit_per_s is not None and self.api_keys_env is None:
+            raise ValueError("rate_limit_per_s needs api_keys_env (the limit is per API key)")
+        return self
 
 
 class BearerAuth(_Section):
@@ -50,7 +72,26 @@ class HeaderAuth(_Section):
     value_env: str
 
 
-Auth = Annotated[BearerAuth | HeaderAuth, Field(discriminator="type")]
+class CdpAuth(_Section):
+    """Coinbase CDP API key: a fresh ES256/Ed25519 JWT bound to each request's method and URL.
+
+    Needs the optional extra ``x402-aggregator[cdp]`` (cdp-sdk signs the tokens).
+    """
+
+    type: Literal["cdp"]
+    key_id_env: str = "CDP_API_KEY_ID"
+    key_secret_env: str = "CDP_API_KEY_SECRET"  # noqa: S105 - a variable name
+
+
+class PayaiAuth(_Section):
+    """PayAI merchant key: short-lived Ed25519 JWTs (``iss: payai-merchant``)."""
+
+    type: Literal["payai"]
+    key_id_env: str = "PAYAI_API_KEY_ID"
+    key_secret_env: str = "PAYAI_API_KEY_SECRET"  # noqa: S105 - a variable name
+
+
+Auth = Annotated[BearerAuth | HeaderAuth | CdpAuth | PayaiAuth, Field(discriminator="type")]
 
 
 class UpstreamConfig(_Section):
@@ -180,6 +221,22 @@ class NetworkConfig(_Section):
     rpc_url_env: str | None = None
 
 
+class DiscoveryConfig(_Section):
+    """``GET /discovery/resources``: the upstreams' Bazaar catalogues merged (:mod:`.discovery`)."""
+
+    enabled: bool = True
+    #: How long an upstream's catalogue is served before it is fetched again (in the background).
+    cache_ttl_s: float = Field(60.0, gt=0)
+    #: Items kept per upstream; paging through a catalogue stops here.
+    max_items_per_upstream: int = Field(10_000, ge=1)
+    #: Pages of 100 fetched per upstream, whatever their size.
+    max_pages_per_upstream: int = Field(100, ge=1)
+    #: The first request waits at most this long for the first catalogues; later ones never wait.
+    first_fill_wait_s: float = Field(5.0, ge=0)
+    #: An upstream that answered 404/405/401/403 or garbage is asked again only after this.
+    no_discovery_retry_s: float = Field(600.0, gt=0)
+
+
 # Public facilitators that need no account. x402.org is listed under its canonical www host: the
 # SDKs follow a redirect from the bare domain, but we never follow redirects (URLs come only from
 # configuration).
@@ -204,6 +261,7 @@ class Config(BaseSettings):
     admin: AdminConfig = AdminConfig()
     alerts: AlertsConfig = AlertsConfig()
     ledger: LedgerConfig = LedgerConfig()
+    discovery: DiscoveryConfig = DiscoveryConfig()
     #: By network (CAIP-2 ``eip155:84532`` or a v1 name): where to read the chain.
     networks: dict[str, NetworkConfig] = Field(default_factory=dict)
 

@@ -8,11 +8,13 @@ Everything else (status, metrics, dashboard, admin) stays on Starlette.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ._types import Operation
+from .access import AccessControl, log_refusal
 from .aggregator import Aggregator
 from .errors import RequestError
 from .logs import request_id
@@ -43,10 +45,17 @@ class _Disconnected(Exception):
 class PaymentEndpoints:
     """Serves the payment paths itself and passes every other request to ``app``."""
 
-    def __init__(self, engine: Aggregator, app: ASGIApp) -> None:
+    def __init__(
+        self, engine: Aggregator, app: ASGIApp, access: AccessControl | None = None
+    ) -> None:
         self.engine = engine
         self.app = app
         self._limit = engine.config.server.max_body_bytes
+        self._access = access
+        # Chosen once: without API keys the hot path does no access work at all.
+        self._serve: Callable[[Operation, Scope, Receive, Send], Awaitable[None]] = (
+            self._payment if access is None else self._guarded
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         operation = PATHS.get(scope["path"]) if scope["type"] == "http" else None
@@ -56,20 +65,49 @@ class PaymentEndpoints:
             body = orjson.dumps({"error": "Method Not Allowed", "status": 405})
             await _send(send, 405, body, [(b"allow", b"POST")])
         else:
-            await self._payment(operation, scope, receive, send)
+            await self._serve(operation, scope, receive, send)
 
-    async def _payment(
+    async def _guarded(
         self, operation: Operation, scope: Scope, receive: Receive, send: Send
     ) -> None:
+        """Check the caller's API key and rate before reading or forwarding anything."""
+        assert self._access is not None
+        headers = dict(scope["headers"])
+        verdict = self._access.check(headers.get(b"authorization"), headers.get(b"x-api-key"))
+        if isinstance(verdict, str):
+            await self._payment(operation, scope, receive, send, verdict)
+            return
+        rid = request_id(headers.get(b"x-request-id", b"").decode("latin-1") or None)
+        log_refusal(verdict, scope["path"], rid)
+        body = orjson.dumps(failure_body(operation, verdict.reason, verdict.message))
+        extra = [
+            (UPSTREAM_HEADER, NO_UPSTREAM),
+            (ATTEMPTS_HEADER, b"0"),
+            (b"x-request-id", rid.encode()),
+            *verdict.headers,
+        ]
+        await _send(send, verdict.status, body, extra)
+
+    async def _payment(
+        self,
+        operation: Operation,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        caller: str | None = None,
+    ) -> None:
+        """Read, route and answer one payment; ``caller`` is the API key's name, if any."""
         headers = dict(scope["headers"])
         rid = request_id(headers.get(b"x-request-id", b"").decode("latin-1") or None)
         try:
             body = await _read_body(receive, headers.get(b"content-length"), self._limit)
             if operation == "settle":
                 key = _idempotency_key(headers.get(b"idempotency-key"))
-                reply = await self.engine.settle(body, request_id=rid, idempotency_key=key)
+                reply = await self.engine.settle(
+                    body, request_id=rid, idempotency_key=key, caller=caller
+                )
             else:
-                reply = await self.engine.verify(body, request_id=rid)
+                reply = await self.engine.verify(body, request_id=rid, caller=caller)
         except RequestError as exc:
             error = failure_body(operation, exc.reason, exc.message)
             reply = Reply(exc.status, orjson.dumps(error))

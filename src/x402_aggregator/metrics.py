@@ -75,6 +75,13 @@ SETTLEMENTS_RESOLVED = Counter(
     ["result"],
     registry=_REGISTRY,
 )
+ACCESS_REFUSED = Counter(
+    f"{PREFIX}_access_refused_total",
+    "Facilitator API calls refused by access control (unauthorized, rate_limited), by the "
+    "configured name of the caller's key ('-' when it presented none that is known).",
+    ["reason", "key"],
+    registry=_REGISTRY,
+)
 
 
 # Label children by their (bounded) label values: ``labels()`` validates and locks on every call,
@@ -97,6 +104,10 @@ def record_request(operation: Operation, outcome: str) -> None:
 def record_attempt(upstream: str, outcome: Outcome) -> None:
     _child(UPSTREAM_REQUESTS, upstream, outcome.operation, outcome.kind).inc()
     _child(UPSTREAM_LATENCY, upstream, outcome.operation).observe(outcome.elapsed_s)
+
+
+def record_refusal(reason: str, key: str) -> None:
+    _child(ACCESS_REFUSED, reason, key).inc()
 
 
 class HealthCollector(Collector):

@@ -21,9 +21,33 @@ def _json(schema: JSONObject, description: str) -> JSONObject:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
+# Only when server.api_keys_env is set; ``{}`` says the API is also served without a key.
+_API_KEY_SECURITY: list[dict[str, list[str]]] = [
+    {"apiKeyBearer": []},
+    {"apiKeyHeader": []},
+    {},
+]
+
+
+def _refusals(body: str) -> dict[str, JSONObject]:
+    """401 and 429 of a path guarded by API keys, with ``body`` the x402-shaped answer."""
+    integer = {"type": "integer", "minimum": 1}
+    return {
+        "401": {
+            **_json(_ref(body), "Missing or unknown API key (reason unauthorized)."),
+            "headers": {"WWW-Authenticate": {"schema": _TEXT}},
+        },
+        "429": {
+            **_json(_ref(body), "This API key is over its rate (reason rate_limited)."),
+            "headers": {"Retry-After": {"schema": integer, "description": "Seconds."}},
+        },
+    }
+
+
 def _payment_operation(summary: str, answer: str, failure: str) -> JSONObject:
     return {
         "summary": summary,
+        "security": _API_KEY_SECURITY,
         "parameters": [
             {
                 "name": "X-Request-Id",
@@ -41,8 +65,34 @@ def _payment_operation(summary: str, answer: str, failure: str) -> JSONObject:
             "200": _json(_ref(answer), "The answer (business failures included), spec shape."),
             "400": _json(_ref(answer), "Malformed request: invalid_payload, invalid_x402_version."),
             "413": _json(_ref(answer), "Body over server.max_body_bytes."),
+            **_refusals(answer),
             "502": _json(_ref(failure), "No upstream gave a usable answer; each one's failure."),
             "503": _json(_ref(answer), "Every candidate upstream is drained."),
+        },
+    }
+
+
+def _discovery_operation() -> JSONObject:
+    def query(name: str, schema: JSONObject, description: str) -> JSONObject:
+        return {"name": name, "in": "query", "schema": schema, "description": description}
+
+    accepts = "Only items with an `accepts` entry whose {} is this (all such filters: one entry)."
+    return {
+        "summary": "The upstreams' Bazaar catalogues merged (newest lastUpdated wins per "
+        "resource, accepts merged), filtered and paginated; served from cache.",
+        "parameters": [
+            query("type", _TEXT, "Only items of this type (http, mcp)."),
+            query("payTo", _TEXT, accepts.format("payTo (EVM: any case)")),
+            query("scheme", _TEXT, accepts.format("scheme")),
+            query("network", _TEXT, accepts.format("network")),
+            query("extensions", _TEXT, "Only items carrying these extension keys (comma list)."),
+            query("limit", {"type": "integer", "minimum": 1, "maximum": 100, "default": 20}, ""),
+            query("offset", {"type": "integer", "minimum": 0, "default": 0}, ""),
+        ],
+        "responses": {
+            "200": _json(_ref("DiscoveryResources"), "One page (empty if no upstream has one)."),
+            "400": _json(_ref("Error"), "Bad limit or offset."),
+            "404": _json(_ref("Error"), "Discovery is off (discovery.enabled: false)."),
         },
     }
 
@@ -185,6 +235,34 @@ def _schemas() -> dict[str, Any]:
             "properties": {"upstreams": {"type": "object"}},
         },
         "Health": {"type": "object", "required": ["status"]},
+        "DiscoveryItem": {
+            "type": "object",
+            "required": ["resource", "type", "x402Version", "accepts"],
+            "properties": {
+                "resource": _TEXT,
+                "type": _TEXT,
+                "x402Version": {"type": "integer"},
+                "accepts": {"type": "array", "items": {"type": "object"}},
+                "lastUpdated": {"type": ["string", "number"]},
+                "metadata": {"type": "object"},
+                "extensions": {"type": "object"},
+            },
+        },
+        "DiscoveryResources": {
+            "type": "object",
+            "required": ["x402Version", "items", "pagination"],
+            "properties": {
+                "x402Version": {"const": 2},
+                "items": {"type": "array", "items": _ref("DiscoveryItem")},
+                "pagination": {
+                    "type": "object",
+                    "required": ["limit", "offset", "total"],
+                    "properties": {
+                        k: {"type": "integer", "minimum": 0} for k in ("limit", "offset", "total")
+                    },
+                },
+            },
+        },
         "AdminResult": {"type": "object", "required": ["name", "state", "reason"]},
         "Error": {"type": "object", "required": ["error"], "properties": {"error": _TEXT}},
         "SettlementAttempt": {
@@ -266,9 +344,14 @@ def spec() -> JSONObject:
             "/supported": {
                 "get": {
                     "summary": "Kinds every upstream supports, merged; served from cache.",
-                    "responses": {"200": _json(_ref("SupportedResponse"), "Merged kinds.")},
+                    "security": _API_KEY_SECURITY,
+                    "responses": {
+                        "200": _json(_ref("SupportedResponse"), "Merged kinds."),
+                        **_refusals("Error"),
+                    },
                 }
             },
+            "/discovery/resources": {"get": _discovery_operation()},
             "/status": {
                 "get": {
                     "summary": "Per-upstream state, counters and latency.",
@@ -370,6 +453,14 @@ def spec() -> JSONObject:
         },
         "components": {
             "schemas": _schemas(),
-            "securitySchemes": {"admin": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "admin": {"type": "http", "scheme": "bearer"},
+                "apiKeyBearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "A caller's API key (server.api_keys_env).",
+                },
+                "apiKeyHeader": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+            },
         },
     }

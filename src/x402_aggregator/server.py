@@ -24,9 +24,11 @@ from starlette.routing import Route
 
 from . import __version__, logs, metrics, openapi
 from ._types import JSONObject, Operation
+from .access import AccessControl, access_control, log_refusal
 from .aggregator import Aggregator, ledger_url, webhook_url
-from .auth import auth_headers
+from .auth import authenticator
 from .config import Config
+from .discovery import Discovery, parse_query
 from .endpoints import PATHS, PaymentEndpoints
 from .errors import ConfigError
 from .ledger import STATES, LedgerError
@@ -40,8 +42,10 @@ GC_THRESHOLD = 20_000
 class FacilitatorApp(PaymentEndpoints):
     """The whole service as one ASGI app: the payment hot path, then Starlette for the rest."""
 
-    def __init__(self, engine: Aggregator, app: Starlette) -> None:
-        super().__init__(engine, app)
+    def __init__(
+        self, engine: Aggregator, app: Starlette, access: AccessControl | None = None
+    ) -> None:
+        super().__init__(engine, app, access)
         self.starlette = app
 
     @property
@@ -70,6 +74,10 @@ def create_app(
             raise ValueError("create_app needs a config or an aggregator")
         aggregator = Aggregator(config)
     engine = aggregator
+    # Read (and checked) once at start; None when server.api_keys_env is unset.
+    access = access_control(engine.config.server)
+    # The upstreams' Bazaar catalogues, fetched on first use through the engine's own pool.
+    discovery = Discovery(engine.upstreams, engine.transport, engine.config.discovery)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -84,11 +92,31 @@ def create_app(
             gc.freeze()
             gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
         yield
+        # Stop discovery refreshes, which use the engine's transport, before it closes.
+        await discovery.aclose()
         # Stop probing and close the upstream connection pools.
         await engine.aclose()
 
     async def supported(request: Request) -> Response:
+        if access is not None:
+            raw = dict(request.scope["headers"])
+            verdict = access.check(raw.get(b"authorization"), raw.get(b"x-api-key"))
+            if not isinstance(verdict, str):
+                log_refusal(verdict, request.url.path, None)
+                headers = {k.decode(): v.decode() for k, v in verdict.headers}
+                body = orjson.dumps({"error": verdict.message, "reason": verdict.reason})
+                return Response(body, verdict.status, headers, media_type="application/json")
         return Response(engine.supported(), media_type="application/json")
+
+    async def discovery_resources(request: Request) -> Response:
+        """The upstreams' discovery catalogues merged, filtered and paginated (x402 Bazaar)."""
+        if not discovery.config.enabled:
+            return _json(404, {"error": "discovery is off: set discovery.enabled"})
+        try:
+            query = parse_query(request.query_params)
+        except ValueError as exc:
+            return _json(400, {"error": str(exc)})
+        return _json(200, await discovery.page(query))
 
     async def status(request: Request) -> Response:
         return _json(200, {"version": __version__, **engine.status()})
@@ -186,6 +214,7 @@ def create_app(
 
     routes = [
         Route("/supported", supported, methods=["GET"]),
+        Route("/discovery/resources", discovery_resources, methods=["GET"]),
         Route("/status", status, methods=["GET"]),
         Route("/status/timeline", timeline, methods=["GET"]),
         # The name the seed project's monitoring page used.
@@ -208,7 +237,7 @@ def create_app(
             Exception: _internal_error,
         },
     )
-    return FacilitatorApp(engine, app)
+    return FacilitatorApp(engine, app, access)
 
 
 def _admin_token(config: Config) -> str | None:
@@ -225,14 +254,15 @@ def _admin_token(config: Config) -> str | None:
 
 
 def check_secrets(config: Config) -> None:
-    """Fail now, not in a worker, if a secret the configuration names is not set."""
+    """Fail now, not in a worker, if a secret the configuration names is not set or unusable."""
     _admin_token(config)
+    access_control(config.server)
     webhook_url(config.alerts)
     ledger_url(config)
     chain_readers(config)
     for upstream in config.upstreams:
         if upstream.enabled:
-            auth_headers(upstream)
+            authenticator(upstream)  # parses keys and signs one token: a bad key stops start-up
 
 
 def _json(status: int, body: JSONObject) -> Response:

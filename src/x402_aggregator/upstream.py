@@ -19,7 +19,7 @@ import orjson
 
 from . import __version__
 from ._types import JSONObject, Operation
-from .auth import auth_headers
+from .auth import Authenticator, SigningError, authenticator
 from .capabilities import Capabilities, parse_supported
 from .config import UpstreamConfig
 from .errors import ConnectionLost, TransportError
@@ -80,19 +80,28 @@ class Upstream:
         self.name = config.name
         self._transport = transport
         self._base = config.base_url
+        self._auth = authenticator(config)
         self._headers = {
             "Content-Type": "application/json",
             "Accept": "application/json",
             "User-Agent": f"x402-aggregator/{__version__}",
             **config.headers,
-            **auth_headers(config),
         }
+        #: Static credentials are merged once; signed ones (cdp, payai) per request.
+        self._signed = not self._auth.static
+        if not self._signed:
+            self._headers.update(self._auth.headers("", self._base))
         self.capabilities: Capabilities | None = None
         self.health = health or UpstreamHealth(config.name)
         self.stats = UpstreamStats()
 
     def __repr__(self) -> str:
         return f"Upstream(name={self.name!r}, url={self.display_url!r})"
+
+    @property
+    def auth(self) -> Authenticator:
+        """This upstream's credentials, for other callers of it (its token cache is shared)."""
+        return self._auth
 
     @property
     def display_url(self) -> str:
@@ -111,10 +120,25 @@ class Upstream:
         if timeout_s is not None:
             budget = min(budget, timeout_s)
         request_id = REQUEST_ID.get()
+        url = f"{self._base}/{operation}"
+        headers = self._headers
+        if self._signed:
+            try:
+                headers = {**headers, **self._auth.headers("POST", url)}
+            except SigningError as exc:
+                # Nothing was sent, so even a settle may go elsewhere.
+                return Outcome(
+                    "retryable",
+                    self.name,
+                    0.0,
+                    error=str(exc),
+                    operation=operation,
+                    never_arrived=True,
+                )
         outgoing = UpstreamRequest(
             method="POST",
-            url=f"{self._base}/{operation}",
-            headers={**self._headers, "X-Request-Id": request_id} if request_id else self._headers,
+            url=url,
+            headers={**headers, "X-Request-Id": request_id} if request_id else headers,
             body=request.body,
             timeout_s=budget,
             connect_timeout_s=self.config.connect_timeout_s,
@@ -141,11 +165,18 @@ class Upstream:
 
     async def probe(self, timeout_s: float, transport: Transport | None = None) -> Capabilities:
         """Fetch ``/supported``; raise ``TransportError`` or ``ValueError`` if it fails."""
+        url = f"{self._base}/supported"
+        headers = self._headers
+        if self._signed:
+            try:
+                headers = {**headers, **self._auth.headers("GET", url)}
+            except SigningError as exc:
+                raise ValueError(str(exc)) from None
         response = await (transport or self._transport).send(
             UpstreamRequest(
                 method="GET",
-                url=f"{self._base}/supported",
-                headers=self._headers,
+                url=url,
+                headers=headers,
                 timeout_s=timeout_s,
                 connect_timeout_s=min(self.config.connect_timeout_s, timeout_s),
             )
@@ -219,6 +250,8 @@ def _describe_unusable(status: int, response: UpstreamResponse) -> str:
         # Redirects are not followed: upstream URLs come only from configuration.
         target = response.headers.get("Location", "?")
         return f"HTTP {status} redirect to {target}; configure the upstream's final URL"
+    if status in (401, 403):
+        return f"HTTP {status}: the upstream refused our credentials (check its auth)"
     if not body:
         return f"HTTP {status} with an empty body"
     return f"HTTP {status} with a body that is not a facilitator answer ({len(body)} bytes)"

@@ -28,9 +28,12 @@ from aiohttp import web
 
 __all__ = ["Behaviour", "FakeFacilitator", "Mode", "Received", "main"]
 
-Op = Literal["verify", "settle", "supported"]
+Op = Literal["verify", "settle", "supported", "discovery"]
 Dialect = Literal["spec", "x402rs", "minimal", "error"]
+#: The ops counted in `calls` and switched by `set("*")`; the optional Bazaar catalogue
+#: (`/discovery/resources`) is counted in `discovery_calls` and switched only by name.
 OPS: tuple[Op, ...] = ("verify", "settle", "supported")
+_ALL_OPS: tuple[Op, ...] = (*OPS, "discovery")
 DEFAULT_KINDS: tuple[dict[str, Any], ...] = (
     {"x402Version": 2, "scheme": "exact", "network": "eip155:84532"},
     {"x402Version": 1, "scheme": "exact", "network": "base-sepolia"},
@@ -39,6 +42,7 @@ _ROUTES: dict[str, tuple[str, Op]] = {
     "/verify": ("POST", "verify"),
     "/settle": ("POST", "settle"),
     "/supported": ("GET", "supported"),
+    "/discovery/resources": ("GET", "discovery"),
 }
 _GARBAGE = b"<html><body>502 Bad Gateway</body></html>"
 _BAD_PAYLOAD: dict[Op, dict[str, Any]] = {
@@ -179,6 +183,7 @@ class FakeFacilitator:
         signers: dict[str, list[str]] | None = None,
         extensions: list[str] | None = None,
         latency_s: float = 0.0,
+        discovery: list[dict[str, Any]] | None = None,
     ) -> None:
         self.name = name
         self.host = host
@@ -188,11 +193,14 @@ class FakeFacilitator:
         self.extensions = [] if extensions is None else extensions
         self.latency_s = latency_s
         self.calls: dict[str, int] = dict.fromkeys(OPS, 0)
+        self.discovery_calls = 0
         self.received: list[Received] = []
+        #: The Bazaar catalogue served at `/discovery/resources`; None: 404, like most facilitators.
+        self._discovery = None if discovery is None else list(discovery)
         self._port = port
         self._lock = threading.Lock()  # calls, received, behaviours: shared with the server thread
         self._lifecycle = threading.Lock()
-        self._behaviours: dict[Op, Behaviour] = {op: Behaviour() for op in OPS}
+        self._behaviours: dict[Op, Behaviour] = {op: Behaviour() for op in _ALL_OPS}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.ServerRunner | None = None
@@ -249,12 +257,12 @@ class FakeFacilitator:
 
     def set(
         self,
-        op: Literal["verify", "settle", "supported", "*"],
+        op: Literal["verify", "settle", "supported", "discovery", "*"],
         mode: Mode | str = Mode.OK,
         **params: Any,
     ) -> None:
-        """Switch `op` ("*" = all ops) to `mode`; `params` are other `Behaviour` fields."""
-        if op != "*" and op not in OPS:
+        """Switch `op` ("*": all but discovery) to `mode`; `params`: other `Behaviour` fields."""
+        if op != "*" and op not in _ALL_OPS:
             raise ValueError(f"unknown op {op!r}")
         behaviour = Behaviour(Mode(mode), **params)
         if behaviour.times == 0:
@@ -272,7 +280,13 @@ class FakeFacilitator:
         """Forget traffic so far: zero `calls` (same dict object) and clear `received`."""
         with self._lock:
             self.calls.update(dict.fromkeys(OPS, 0))
+            self.discovery_calls = 0
             self.received.clear()
+
+    def set_discovery(self, items: list[dict[str, Any]] | None) -> None:
+        """Serve `items` at `/discovery/resources` (None: answer 404, no discovery)."""
+        with self._lock:
+            self._discovery = None if items is None else list(items)
 
     # --- server thread ---------------------------------------------------------------------
 
@@ -338,9 +352,14 @@ class FakeFacilitator:
             return self._json(405, {"error": f"use {method}"}, {"Allow": method})
         body = await request.read()
         with self._lock:
-            self.calls[op] += 1
+            if op == "discovery":
+                self.discovery_calls += 1
+            else:
+                self.calls[op] += 1
             headers = {k.lower(): v for k, v in request.headers.items()}
             self.received.append(Received(op, body, headers))
+            if op == "discovery" and self._discovery is None:
+                return self._json(404, {"error": f"no route {request.path}"})
             b = self._behaviours[op]
             if b.network is not None and _requested_network(body) != b.network:
                 b = Behaviour()
@@ -375,6 +394,8 @@ class FakeFacilitator:
                 "signers": self.signers,
             }
             status = 200
+        elif op == "discovery":
+            status, answer = self._discovery_page(request.query)
         else:
             status, answer = self._payment_answer(op, b, body)
         if b.mode is Mode.PARTIAL:
@@ -411,6 +432,24 @@ class FakeFacilitator:
             }
         return 200, {"success": True, "transaction": tx, "network": network, "payer": payer}
 
+    def _discovery_page(self, query: Mapping[str, str]) -> tuple[int, dict[str, Any]]:
+        """One page of the catalogue as the spec lists it: `type` filter, `limit`, `offset`."""
+        try:
+            limit, offset = int(query.get("limit", "20")), int(query.get("offset", "0"))
+        except ValueError:
+            return 400, {"error": "limit and offset must be integers"}
+        if not 1 <= limit <= 100 or offset < 0:
+            return 400, {"error": "limit must be from 1 to 100 and offset at least 0"}
+        with self._lock:
+            items = list(self._discovery or [])
+        if "type" in query:
+            items = [item for item in items if item.get("type") == query["type"]]
+        return 200, {
+            "x402Version": 2,
+            "items": items[offset : offset + limit],
+            "pagination": {"limit": limit, "offset": offset, "total": len(items)},
+        }
+
     async def _partial(self, request: web.BaseRequest, status: int, body: bytes) -> NoReturn:
         response = web.StreamResponse(status=status, headers={"X-Fake-Facilitator": self.name})
         response.content_type = "application/json"
@@ -426,6 +465,15 @@ class FakeFacilitator:
                 return self._json(200, dict(self.calls))
         if where == ("POST", "/_fake/reset"):
             self.reset_calls()
+            return self._json(200, {"ok": True})
+        if where == ("POST", "/_fake/discovery"):
+            try:
+                params = json.loads(await request.read())
+            except ValueError:
+                params = None
+            if not isinstance(params, dict) or not isinstance(params.get("items"), list | None):
+                return self._json(400, {"ok": False, "error": 'expected {"items": [...] or null}'})
+            self.set_discovery(params.get("items"))
             return self._json(200, {"ok": True})
         if where != ("POST", "/_fake/behaviour"):
             return self._json(404, {"error": f"no control route {request.method} {request.path}"})
