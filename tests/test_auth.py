@@ -40,6 +40,7 @@ from x402_aggregator.errors import ConfigError
 from x402_aggregator.protocol import parse_request
 from x402_aggregator.server import check_secrets
 from x402_aggregator.testing.jwt_facilitator import JwtFacilitator, PublicKey, Scheme
+from x402_aggregator.testing.live import free_port
 from x402_aggregator.testing.payloads import v2_body
 from x402_aggregator.transport import HandlerTransport, UpstreamRequest, UpstreamResponse
 from x402_aggregator.upstream import Upstream
@@ -653,3 +654,34 @@ async def test_an_upstream_that_cannot_sign_is_retryable_and_sends_nothing(
     assert (outcome.kind, outcome.never_arrived) == ("retryable", True)
     assert "could not sign" in (outcome.error or "")
     assert len(sent) == 1
+
+
+def test_check_tells_a_refused_key_apart_from_an_unreachable_upstream(
+    tmp_path: Path, jwt_fakes: JwtFactory
+) -> None:
+    """A validating upstream that refuses our key is "auth failed" (exit 4), not "unreachable"."""
+    server = jwt_fakes(payai_key(), name="payai")
+    wrong = payai_key()  # a valid key, but not the one the server knows
+    dead = f"http://127.0.0.1:{free_port()}"
+    config = tmp_path / "check.yaml"
+    config.write_text(
+        f"upstreams:\n  - name: payai\n    url: {server.url}\n    auth: {{type: payai}}\n"
+        f"  - name: dead\n    url: {dead}\n    priority: 1\n"
+    )
+    env = {**os.environ, "PAYAI_API_KEY_ID": KEY_ID, "PAYAI_API_KEY_SECRET": wrong.secret}
+
+    result = subprocess.run(
+        [sys.executable, "-m", "x402_aggregator", "check", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**env, "COLUMNS": "200"},
+        check=False,
+    )
+
+    assert result.returncode == 4, result.stdout + result.stderr
+    rows = {line.split("│")[1].strip(): line for line in result.stdout.splitlines() if "│" in line}
+    assert "auth failed" in rows["payai"]
+    assert "unreachable" in rows["dead"]
+    assert server.rejected >= 1
+    assert wrong.secret.removeprefix("payai_sk_")[:12] not in result.stdout + result.stderr

@@ -21,7 +21,7 @@ from rich.table import Table
 from . import __version__, logs
 from .aggregator import ledger_url
 from .config import CONFIG_ENV, Config, load_config
-from .errors import ConfigError, TransportError
+from .errors import ConfigError, TransportError, UpstreamAuthError
 from .ledger import STATES, Ledger, LedgerError, Record
 from .ledger.store import MIGRATIONS
 from .server import check_secrets
@@ -31,6 +31,9 @@ from .upstream import Upstream
 #: Exit codes, named like uvicorn's.
 STARTUP_FAILURE = 3
 UPSTREAM_UNREACHABLE = 1
+#: ``check``: an upstream refused our credentials (told apart from the network failing).
+UPSTREAM_AUTH_FAILED = 4
+AUTH_FAILED_STATUS = "auth failed"
 T = TypeVar("T")
 
 app = typer.Typer(
@@ -232,12 +235,15 @@ def check(config: ConfigOption = None) -> None:
         err.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(STARTUP_FAILURE) from None
     table = Table(title="upstreams")
-    for column in ("name", "url", "reachable", "latency", "kinds"):
+    for column in ("name", "url", "status", "latency", "kinds or error"):
         table.add_column(column)
     for row in rows:
         table.add_row(*row)
     Console().print(table)
-    if any(row[2] != "yes" for row in rows):
+    statuses = {row[2] for row in rows}
+    if AUTH_FAILED_STATUS in statuses:
+        raise typer.Exit(UPSTREAM_AUTH_FAILED)
+    if statuses != {"ok"}:
         raise typer.Exit(UPSTREAM_UNREACHABLE)
 
 
@@ -254,12 +260,16 @@ async def _probe(upstream: Upstream, timeout_s: float) -> tuple[str, str, str, s
     started = time.perf_counter()
     try:
         caps = await upstream.probe(timeout_s)
-    except (TransportError, ValueError) as exc:
-        return (upstream.name, upstream.display_url, "no", "-", str(exc))
+    except UpstreamAuthError as exc:  # reached, but it refused our key: fix the key
+        return (upstream.name, upstream.display_url, AUTH_FAILED_STATUS, "-", str(exc))
+    except TransportError as exc:  # the network: DNS, refused, timeout, TLS
+        return (upstream.name, upstream.display_url, "unreachable", "-", str(exc))
+    except ValueError as exc:  # it answered, but not with a /supported document
+        return (upstream.name, upstream.display_url, "bad answer", "-", str(exc))
     latency = f"{(time.perf_counter() - started) * 1000:.0f} ms"
     labels = caps.describe()
     kinds = ", ".join(labels[:4]) + (f" (+{len(labels) - 4})" if len(labels) > 4 else "")
-    return (upstream.name, upstream.display_url, "yes", latency, kinds or "none")
+    return (upstream.name, upstream.display_url, "ok", latency, kinds or "none")
 
 
 @app.command()

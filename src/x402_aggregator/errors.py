@@ -6,6 +6,7 @@ configuration mistakes, bad requests and transport faults::
     AggregatorError
     ├── ConfigError (ValueError)        the configuration cannot be used
     ├── RequestError (ValueError)       a caller's request is malformed; carries the x402 reason
+    ├── UpstreamAuthError (ValueError)  an upstream refused our credentials (401/403/407)
     └── TransportError (OSError)        an upstream call failed below HTTP
         ├── ConnectError                the request provably never reached the upstream
         │   └── ConnectTimeout
@@ -32,6 +33,13 @@ class RequestError(AggregatorError, ValueError):
         self.reason = reason
         self.message = message
         self.status = status
+
+
+class UpstreamAuthError(AggregatorError, ValueError):
+    """An upstream refused our credentials, or we could not sign a request for it.
+
+    Told apart from "unreachable" because the fix is different: the key, not the network.
+    """
 
 
 class TransportError(AggregatorError, OSError):

@@ -22,7 +22,7 @@ from ._types import JSONObject, Operation
 from .auth import Authenticator, SigningError, authenticator
 from .capabilities import Capabilities, parse_supported
 from .config import UpstreamConfig
-from .errors import ConnectionLost, TransportError
+from .errors import ConnectionLost, TransportError, UpstreamAuthError
 from .health import UpstreamHealth
 from .logs import REQUEST_ID
 from .protocol import SETTLEMENT_PENDING, PaymentRequest, normalise_answer, reason_of
@@ -171,7 +171,7 @@ class Upstream:
             try:
                 headers = {**headers, **self._auth.headers("GET", url)}
             except SigningError as exc:
-                raise ValueError(str(exc)) from None
+                raise UpstreamAuthError(str(exc)) from None
         response = await (transport or self._transport).send(
             UpstreamRequest(
                 method="GET",
@@ -181,6 +181,11 @@ class Upstream:
                 connect_timeout_s=min(self.config.connect_timeout_s, timeout_s),
             )
         )
+        if response.status in (401, 403, 407):
+            raise UpstreamAuthError(
+                f"/supported: HTTP {response.status}: the upstream refused our credentials "
+                "(check its auth)"
+            )
         if response.status != 200:
             raise ValueError(f"/supported: {_describe_unusable(response.status, response)}")
         try:
