@@ -6,11 +6,13 @@ by Starlette on uvicorn. Every answer is JSON, every error x402-shaped, no trace
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import hmac
 import logging
 import math
 import os
+import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -27,7 +29,7 @@ from ._types import JSONObject, Operation
 from .access import AccessControl, access_control, log_refusal
 from .aggregator import Aggregator, ledger_url, webhook_url
 from .auth import authenticator
-from .config import Config
+from .config import Config, load_config
 from .discovery import Discovery, parse_query
 from .endpoints import PATHS, PaymentEndpoints
 from .errors import ConfigError
@@ -62,12 +64,13 @@ def create_app(
     config: Config | None = None,
     *,
     aggregator: Aggregator | None = None,
-    tune_gc: bool = False,
+    serving: bool = False,
 ) -> FacilitatorApp:
     """Build the ASGI app around an :class:`Aggregator` (made from ``config`` if not given).
 
-    ``tune_gc`` is for a process that does nothing but serve this app (``serve``): it changes
-    the interpreter's garbage collector for the whole process.
+    ``serving`` is for a process that does nothing but serve this app (``serve``): it tunes
+    the interpreter's garbage collector for the whole process, and reloads the configuration
+    (from ``X402_AGGREGATOR_CONFIG`` and the environment) on SIGHUP.
     """
     if aggregator is None:
         if config is None:
@@ -78,12 +81,52 @@ def create_app(
     access = access_control(engine.config.server)
     # The upstreams' Bazaar catalogues, fetched on first use through the engine's own pool.
     discovery = Discovery(engine.upstreams, engine.transport, engine.config.discovery)
+    # What serves requests now: a reload (SIGHUP) swaps both in one step.
+    live = _Live(engine, discovery)
+    retiring: set[asyncio.Task[None]] = set()
+
+    async def reload() -> bool:
+        """Build everything from the configuration source again; swap it in if it starts.
+
+        A configuration that does not load, names a missing secret or cannot start (a ledger
+        that cannot be opened) is refused: the running one stays, and the error is logged.
+        Requests in flight finish on the engine they started on, which closes afterwards.
+        """
+        old = live.engine
+        try:
+            config = load_config()
+            check_secrets(config)
+            fresh = Aggregator(config)
+        except ConfigError as exc:
+            logger.error("configuration reload refused, the running one stays: %s", exc)
+            return False
+        try:
+            await fresh.start()
+        except Exception as exc:
+            logger.error("configuration reload refused, the running one stays: %s", exc)
+            await fresh.aclose()
+            return False
+        fixed = [n for n in ("server", "admin") if getattr(config, n) != getattr(old.config, n)]
+        if fixed:
+            logger.warning(
+                "reload: changes to %s take effect at the next restart", ", ".join(fixed)
+            )
+        previous = live.discovery
+        live.engine = facilitator.engine = fresh
+        live.discovery = Discovery(fresh.upstreams, fresh.transport, config.discovery)
+        names = ", ".join(up.name for up in fresh.upstreams)
+        logger.warning("configuration reloaded: upstreams %s", names)
+        grace = old.config.routing.settle_deadline_s + 5
+        task = asyncio.create_task(_retire(old, previous, grace), name="retire engine")
+        retiring.add(task)
+        task.add_done_callback(retiring.discard)
+        return True
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         # Learn what upstreams support before the first request; probing goes on in the background.
-        await engine.start()
-        if tune_gc:
+        await live.engine.start()
+        if serving:
             # Everything allocated so far lives as long as the process: keep it out of every
             # collection, and collect the young generation less often (a request allocates
             # many short-lived objects that reference counting frees anyway). Measured: about
@@ -91,11 +134,20 @@ def create_app(
             gc.collect()
             gc.freeze()
             gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
+        loop = asyncio.get_running_loop()
+        if serving and hasattr(signal, "SIGHUP"):
+            loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(reload()))
         yield
+        if serving and hasattr(signal, "SIGHUP"):
+            loop.remove_signal_handler(signal.SIGHUP)
+        # Engines replaced by a reload close now (uvicorn has let in-flight requests finish).
+        for task in list(retiring):
+            task.cancel()
+        await asyncio.gather(*retiring, return_exceptions=True)
         # Stop discovery refreshes, which use the engine's transport, before it closes.
-        await discovery.aclose()
+        await live.discovery.aclose()
         # Stop probing and close the upstream connection pools.
-        await engine.aclose()
+        await live.engine.aclose()
 
     async def supported(request: Request) -> Response:
         if access is not None:
@@ -106,20 +158,20 @@ def create_app(
                 headers = {k.decode(): v.decode() for k, v in verdict.headers}
                 body = orjson.dumps({"error": verdict.message, "reason": verdict.reason})
                 return Response(body, verdict.status, headers, media_type="application/json")
-        return Response(engine.supported(), media_type="application/json")
+        return Response(live.engine.supported(), media_type="application/json")
 
     async def discovery_resources(request: Request) -> Response:
         """The upstreams' discovery catalogues merged, filtered and paginated (x402 Bazaar)."""
-        if not discovery.config.enabled:
-            return _json(404, {"error": "discovery is off: set discovery.enabled"})
+        if not live.discovery.config.enabled:
+            return _json(404, {"error": "discovery is off: set live.discovery.enabled"})
         try:
             query = parse_query(request.query_params)
         except ValueError as exc:
             return _json(400, {"error": str(exc)})
-        return _json(200, await discovery.page(query))
+        return _json(200, await live.discovery.page(query))
 
     async def status(request: Request) -> Response:
-        return _json(200, {"version": __version__, **engine.status()})
+        return _json(200, {"version": __version__, **live.engine.status()})
 
     async def timeline(request: Request) -> Response:
         operations: dict[str | None, Operation | None] = {
@@ -137,7 +189,7 @@ def create_app(
             window_s = bucket_s = math.nan
         if not (math.isfinite(window_s) and math.isfinite(bucket_s)):
             return _json(400, {"error": "window_s and bucket_s must be finite numbers"})
-        return _json(200, engine.timeline(window_s, bucket_s, operation))
+        return _json(200, live.engine.timeline(window_s, bucket_s, operation))
 
     dashboard_page = (Path(__file__).parent / "dashboard.html").read_bytes()
 
@@ -150,7 +202,7 @@ def create_app(
         return Response(dashboard_page, media_type="text/html; charset=utf-8")
 
     health_metrics = metrics.HealthCollector(
-        lambda: engine.upstreams, lambda: engine.settler.unresolved
+        lambda: live.engine.upstreams, lambda: live.engine.settler.unresolved
     )
 
     async def prometheus(request: Request) -> Response:
@@ -169,7 +221,7 @@ def create_app(
         limit = query.get("limit", "50")
         if not limit.isdigit() or not 1 <= int(limit) <= 500:
             return _json(400, {"error": "limit must be an integer from 1 to 500"})
-        records = await engine.ledger.find(
+        records = await live.engine.ledger.find(
             state=state,
             transaction=query.get("transaction"),
             payer=query.get("payer"),
@@ -179,7 +231,7 @@ def create_app(
 
     async def settlement(request: Request) -> Response:
         """One payment's record and every attempt made for it."""
-        record = await engine.ledger.get(request.path_params["id"])
+        record = await live.engine.ledger.get(request.path_params["id"])
         if record is None:
             return _json(404, {"error": "no settlement with this id (it may have expired)"})
         return _json(200, record.public())
@@ -205,9 +257,9 @@ def create_app(
                 media_type="application/json",
             )
         name = request.path_params["name"]
-        if not engine.drain(name, drained=drain):
+        if not live.engine.drain(name, drained=drain):
             return _json(404, {"error": f"no upstream named {name!r}"})
-        upstream = engine.upstream(name)
+        upstream = live.engine.upstream(name)
         assert upstream is not None
         state, reason = upstream.health.state()
         return _json(200, {"name": name, "state": state, "reason": reason})
@@ -237,7 +289,25 @@ def create_app(
             Exception: _internal_error,
         },
     )
-    return FacilitatorApp(engine, app, access)
+    facilitator = FacilitatorApp(engine, app, access)
+    return facilitator
+
+
+class _Live:
+    """The engine and discovery serving requests now (a reload replaces both)."""
+
+    def __init__(self, engine: Aggregator, discovery: Discovery) -> None:
+        self.engine = engine
+        self.discovery = discovery
+
+
+async def _retire(engine: Aggregator, discovery: Discovery, grace_s: float) -> None:
+    """Close a replaced engine once every request it started has had time to finish."""
+    try:
+        await asyncio.sleep(grace_s)
+    finally:
+        await discovery.aclose()
+        await engine.aclose()
 
 
 def _admin_token(config: Config) -> str | None:
@@ -287,8 +357,6 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
 
 def app_from_environment() -> FacilitatorApp:
     """App factory for uvicorn workers: the configuration comes from ``X402_AGGREGATOR_*``."""
-    from .config import load_config
-
     config = load_config()
     logs.configure(config.server.log_level, config.server.log_format)
-    return create_app(config, tune_gc=True)
+    return create_app(config, serving=True)

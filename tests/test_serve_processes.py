@@ -1,4 +1,4 @@
-"""Settlement across real aggregator processes: kill -9 mid-settle, two instances on PostgreSQL."""
+"""`x402-aggregator serve` as real processes: kill -9 mid-settle, two on PostgreSQL, SIGHUP."""
 
 from __future__ import annotations
 
@@ -156,3 +156,45 @@ def test_two_instances_on_postgresql_settle_a_payment_once(
     assert len(successes) == 1
     assert len(duplicates) == 9
     assert {d["transaction"] for d in duplicates} == {successes[0]["transaction"]}
+
+
+def test_sighup_reloads_the_configuration_and_refuses_a_bad_one(
+    fakes: FakeFactory, serve: Serve, tmp_path: Path
+) -> None:
+    """serve re-reads its file on SIGHUP: in-flight requests finish, a broken file is refused."""
+    primary, backup = fakes("primary"), fakes("backup")
+    url = serve(primary, name="reload")
+    process: subprocess.Popen[bytes] = serve.processes[0]  # type: ignore[attr-defined]
+    path = tmp_path / "reload.yaml"
+    config = yaml.safe_load(path.read_text())
+
+    def upstreams() -> list[str]:
+        status = httpx.get(f"{url}/status", timeout=5).json()
+        return [u["name"] for u in status["upstreams"]]
+
+    primary.set("verify", Mode.SLOW, delay_s=1.0)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        in_flight = pool.submit(httpx.post, f"{url}/verify", json=v2_body(), timeout=30)
+        wait_until(lambda: primary.calls["verify"] == 1)
+        config["upstreams"][0].update(name="backup", url=backup.url)
+        path.write_text(yaml.safe_dump(config))
+        process.send_signal(signal.SIGHUP)
+        wait_until(lambda: upstreams() == ["backup"])
+        finished = in_flight.result(timeout=10)
+    after = httpx.post(f"{url}/verify", json=v2_body(), timeout=10)
+
+    path.write_text("upstreams: [{name: broken, url: not-a-url}]\n")
+    process.send_signal(signal.SIGHUP)
+    time.sleep(1.0)
+    still = httpx.post(f"{url}/verify", json=v2_body(), timeout=10)
+
+    assert finished.json()["isValid"] is True  # started on the old engine, finished there
+    assert finished.headers["X-Aggregator-Upstream"] == "primary"
+    assert after.headers["X-Aggregator-Upstream"] == "backup"
+    assert process.poll() is None
+    assert upstreams() == ["backup"]  # the broken file changed nothing
+    assert still.headers["X-Aggregator-Upstream"] == "backup"
+    log = (tmp_path / "reload.log").read_text()
+    assert "configuration reloaded: upstreams backup" in log
+    assert "configuration reload refused" in log
+    assert "Traceback" not in log
