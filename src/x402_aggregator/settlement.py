@@ -458,15 +458,7 @@ class _Run:
 
     async def _settled(self, reply: Reply, answer: JSONObject | None, ended: AttemptEnd) -> Reply:
         transaction = str((answer or {}).get("transaction") or "") or None
-        await self.ledger.finish(
-            self.record,
-            "settled",
-            transaction=transaction,
-            response=reply.body,
-            reported=self.report,
-            attempt=ended,
-        )
-        return replace(reply, outcome="settled")
+        return await self._record_settled(replace(reply, outcome="settled"), transaction, ended)
 
     async def chain_settled(self, verdict: Verdict) -> Reply:
         assert verdict.transaction is not None
@@ -476,6 +468,16 @@ class _Run:
     async def _proven(self, transaction: str, note: str) -> Reply:
         """Settled, on the chain's word rather than an upstream's answer."""
         reply = settled_by_chain(self.request, transaction, self.sent)
+        return await self._record_settled(reply, transaction, note=note)
+
+    async def _record_settled(
+        self,
+        reply: Reply,
+        transaction: str | None,
+        attempt: AttemptEnd | None = None,
+        *,
+        note: str | None = None,
+    ) -> Reply:
         await self.ledger.finish(
             self.record,
             "settled",
@@ -483,6 +485,7 @@ class _Run:
             response=reply.body,
             reported=self.report,
             note=note,
+            attempt=attempt,
         )
         return reply
 
