@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import orjson
 from x402.http import FacilitatorConfig, HTTPFacilitatorClient
 from x402.schemas import PaymentPayload, PaymentRequirements
+from x402.schemas.v1 import PaymentPayloadV1, PaymentRequirementsV1
 
 from x402_aggregator.testing.fake_facilitator import Mode
-from x402_aggregator.testing.payloads import v2_body
+from x402_aggregator.testing.payloads import v1_body, v2_body
 
 from .conftest import AggregatorFactory, FakeFactory
 
@@ -60,3 +62,28 @@ async def test_sdk_client_sees_rejections_as_values_not_errors(
     assert (verified.is_valid, verified.invalid_reason) == (False, "insufficient_funds")
     assert (settled.success, settled.error_reason) == (False, "insufficient_funds")
     assert settled.network == "eip155:84532"
+
+
+async def test_sdk_client_with_legacy_v1_objects_verifies_and_settles(
+    fakes: FakeFactory, aggregator: AggregatorFactory
+) -> None:
+    """The same client fed v1 models (as legacy resource servers hold them) works unchanged."""
+    primary = fakes("primary")
+    agg = aggregator(primary)
+    body = v1_body()
+    payload = PaymentPayloadV1.model_validate(body["paymentPayload"])
+    requirements = PaymentRequirementsV1.model_validate(body["paymentRequirements"])
+    client = HTTPFacilitatorClient(FacilitatorConfig(url=agg.url))
+
+    verified = await client.verify(payload, requirements)
+    settled = await client.settle(payload, requirements)
+    again = await client.settle(payload, requirements)
+    await client.aclose()
+
+    assert verified.is_valid is True
+    assert settled.success is True
+    assert settled.network == "base-sepolia"
+    assert (again.success, again.error_reason) == (False, "duplicate_settlement")
+    assert again.transaction == settled.transaction
+    [sent] = [r.body for r in primary.received if r.op == "settle"]  # the duplicate sent nothing
+    assert orjson.loads(sent)["x402Version"] == 1
