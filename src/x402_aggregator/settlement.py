@@ -124,8 +124,8 @@ class Settler:
     async def settle(
         self, request: PaymentRequest, plan: Sequence[Attempt], idempotency_key: str | None
     ) -> Reply:
-        request_hash = canonical_hash(orjson.loads(request.body))
         idempotency_key = idempotency_key or idempotency_key_of(request)
+        request_hash = canonical_hash(orjson.loads(request.body)) if idempotency_key else ""
         try:
             await self.start()
             if idempotency_key is not None:
@@ -143,14 +143,19 @@ class Settler:
             body = failure_body("settle", LEDGER_UNAVAILABLE, message, request.kind.network)
             return Reply(503, orjson.dumps(body), outcome="ledger_unavailable")
         if idempotency_key is not None and reply.outcome in _FINAL_RESULTS:
-            await self.ledger.remember_response(
-                idempotency_key,
-                request.identity,
-                request_hash,
-                reply.status,
-                reply.body,
-                Payment.of(request).valid_before,
-            )
+            try:
+                await self.ledger.remember_response(
+                    idempotency_key,
+                    request.identity,
+                    request_hash,
+                    reply.status,
+                    reply.body,
+                    Payment.of(request).valid_before,
+                )
+            except LedgerError as exc:
+                # The settle itself is recorded; only a replay by this key is lost. The truth
+                # still goes back to the caller.
+                logger.error("could not remember the answer for an idempotency key: %s", exc)
         return replace(reply, headers=(*reply.headers, _id_header(request.identity)))
 
     async def _replay(self, key: str, request_hash: str) -> Reply | None:
