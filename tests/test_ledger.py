@@ -52,7 +52,8 @@ async def test_one_claim_wins_and_the_rest_see_it_busy_then_settled(ledgers: Ope
     a, b = await ledgers(), await ledgers()
     p = payment()
 
-    claims = await asyncio.gather(a.claim(p), b.claim(p), a.claim(p))
+    with a.working(p.id), b.working(p.id):  # as the settler marks what it works on
+        claims = await asyncio.gather(a.claim(p), b.claim(p), a.claim(p))
 
     assert sorted(c.status for c in claims) == ["busy", "busy", "fresh"]
     winner = next(c for c in claims if c.status == "fresh")

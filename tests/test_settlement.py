@@ -15,11 +15,11 @@ import pytest
 
 from x402_aggregator import Aggregator, load_config
 from x402_aggregator.ledger import Ledger
-from x402_aggregator.testing.fake_facilitator import Mode
+from x402_aggregator.testing.fake_facilitator import FakeFacilitator, Mode
 from x402_aggregator.testing.payloads import v2_body
 from x402_aggregator.testing.postgres import PostgresServer
 
-from .conftest import AggregatorFactory, FakeFactory, Running
+from .conftest import AggregatorFactory, FakeFactory, Running, upstream_entry
 
 
 def test_concurrent_duplicates_cause_one_upstream_settle(
@@ -378,3 +378,45 @@ def test_damaged_records_never_stop_the_service(
         "bad-pending": "pending",
         "bad-ambiguous": "ambiguous",
     }
+
+
+def _engine(primary: FakeFacilitator) -> Aggregator:
+    entry = upstream_entry(primary, 0, settle_timeout_s=5.0, timeout_s=5.0)
+    return Aggregator(load_config({"upstreams": [entry], "health": {"startup_wait_s": 2.0}}))
+
+
+def test_an_owner_taken_over_while_sending_never_reports_a_second_success(
+    fakes: FakeFactory,
+) -> None:
+    """A looks dead (stale heartbeat) mid-settle; B takes the payment over and settles it.
+
+    A's late success from its upstream is not reported: its claim is gone, so the ledger
+    decides what A's caller hears (the success was already reported to B's).
+    """
+    primary = fakes("primary", latency_s=1.0)
+
+    async def main() -> tuple[dict[str, Any], dict[str, Any]]:
+        a, b = _engine(primary), _engine(primary)
+        await a.start()
+        await b.start()
+        body = orjson.dumps(v2_body())
+        try:
+            first = asyncio.create_task(a.settle(body))
+            await asyncio.sleep(0.3)  # A has sent; now it stops beating and looks dead
+            assert a.ledger._heartbeat is not None
+            a.ledger._heartbeat.cancel()
+            await a.ledger.db.execute(
+                "UPDATE instances SET heartbeat_at = 0 WHERE id = ?", a.ledger.instance
+            )
+            second = await b.settle(body)
+            return (await first).json(), second.json()
+        finally:
+            await a.aclose()
+            await b.aclose()
+
+    one, two = asyncio.run(main())
+
+    assert [one.get("success"), two.get("success")].count(True) == 1, (one, two)
+    loser = one if two.get("success") else two
+    # Told what the ledger knew at that moment: B still settling, or B's success already told.
+    assert loser["errorReason"] in ("settlement_outcome_unknown", "duplicate_settlement")

@@ -15,7 +15,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -24,7 +24,7 @@ from ._types import JSONObject
 from .chain import PUBLIC_RPCS, ChainError, ChainReader, caip2
 from .config import Config
 from .errors import ConfigError, RequestError
-from .ledger import AttemptEnd, Claim, Ledger, LedgerError, Record
+from .ledger import AttemptEnd, Claim, Ledger, LedgerError, Record, State
 from .ledger.records import Payment, canonical_hash, eip3009_authorization
 from .protocol import SETTLEMENT_PENDING, PaymentRequest, failure_body, parse_request
 from .replies import (
@@ -185,7 +185,8 @@ class Settler:
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._flights[key] = future
         try:
-            reply = await self._settle(request, plan)
+            with self.ledger.working(key):
+                reply = await self._settle(request, plan)
         except BaseException as exc:
             if isinstance(exc, asyncio.CancelledError):
                 future.cancel()
@@ -233,7 +234,7 @@ class Settler:
             current = await self.ledger.get(record.id)
             if current is None or current.state != "pending":
                 return current
-            if await self.ledger.orphaned(current.owner):
+            if await self.ledger.orphaned(current.owner, current.id):
                 return current
         return await self.ledger.get(record.id)
 
@@ -326,6 +327,12 @@ class Settler:
             logger.error("settlement %s has an unreadable request; left for an operator", record.id)
             await self.ledger.defer(record, "unreadable record: left for an operator", 86400)
             return
+        if self.ledger.busy[record.id]:
+            return  # a settle of it is running here right now
+        with self.ledger.working(record.id):
+            await self._resolve_claimed(record, request)
+
+    async def _resolve_claimed(self, record: Record, request: PaymentRequest) -> None:
         claim = await self.ledger.claim(Payment.of(request))
         if claim.status in ("settled", "busy"):
             return
@@ -430,8 +437,7 @@ class _Run:
                 return await self._settled(relay(outcome, self.sent), outcome.answer, ended)
             if outcome.kind == "rejected" and not self.doubtful:
                 reply = replace(relay(outcome, self.sent), outcome="failed")
-                await self.ledger.finish(self.record, "failed", response=reply.body, attempt=ended)
-                return reply
+                return await self._finish(reply, "failed", response=reply.body, attempt=ended)
             answer = outcome.answer or {}
             if answer.get("errorReason") == SETTLEMENT_PENDING and answer.get("transaction"):
                 await self.ledger.end_attempt(self.record, ended)
@@ -456,10 +462,9 @@ class _Run:
         reply = all_failed(
             "settle", self.request, failed, "the settle deadline passed" if queue else None
         )
-        await self.ledger.finish(
-            self.record, "failed", response=reply.body, note="no upstream was reached"
+        return await self._finish(
+            reply, "failed", response=reply.body, note="no upstream was reached"
         )
-        return reply
 
     async def _settled(self, reply: Reply, answer: JSONObject | None, ended: AttemptEnd) -> Reply:
         transaction = str((answer or {}).get("transaction") or "") or None
@@ -483,8 +488,8 @@ class _Run:
         *,
         note: str | None = None,
     ) -> Reply:
-        await self.ledger.finish(
-            self.record,
+        return await self._finish(
+            reply,
             "settled",
             transaction=transaction,
             response=reply.body,
@@ -492,7 +497,6 @@ class _Run:
             note=note,
             attempt=attempt,
         )
-        return reply
 
     async def _pending(self, outcome: Outcome) -> Reply:
         """An upstream sent a transaction that is not confirmed: sticky, re-checked later."""
@@ -502,8 +506,8 @@ class _Run:
         if confirmed is not None:
             return confirmed
         reply = replace(relay(outcome, self.sent), outcome="pending")
-        await self.ledger.finish(
-            self.record,
+        reply = await self._finish(
+            reply,
             "pending_onchain",
             transaction=transaction,
             response=reply.body,
@@ -592,14 +596,15 @@ class _Run:
             self.request.kind.network,
             why,
         )
-        await self.ledger.finish(
-            self.record,
+        reply = outcome_unknown(self.request, message, where, self.sent)
+        reply = await self._finish(
+            reply,
             "ambiguous",
             note=why,
             next_check_at=self._next_check_at(),
             checks=self.record.checks + 1,
         )
-        if self.report:
+        if self.report and reply.outcome == "unknown":
             self.engine.totals["ambiguous_settlements"] += 1
             self.engine.alerts.emit(
                 "settlement_ambiguous",
@@ -610,16 +615,31 @@ class _Run:
                 reason=why,
             )
         self.settler.unresolved = await self.ledger.count()
-        return outcome_unknown(self.request, message, where, self.sent)
+        return reply
 
     async def expired(self) -> Reply:
         """Unused on chain and past validBefore: nothing moved and nothing ever can."""
         message = "the authorization expired unused: no transfer happened and none can happen now"
-        body = failure_body("settle", EXPIRED, message, self.request.kind.network)
-        await self.ledger.finish(
-            self.record, "failed", response=orjson.dumps(body), note="expired unused on chain"
-        )
-        return Reply(200, orjson.dumps(body), None, self.sent, outcome="failed")
+        body = orjson.dumps(failure_body("settle", EXPIRED, message, self.request.kind.network))
+        reply = Reply(200, body, None, self.sent, outcome="failed")
+        return await self._finish(reply, "failed", response=body, note="expired unused on chain")
+
+    async def _finish(self, reply: Reply, state: State, **fields: Any) -> Reply:
+        """Record how the settle ended; the answer stands only if the claim was still ours.
+
+        An instance that thought us dead may have taken the payment over meanwhile (and
+        settled it, or be settling it): then the ledger, not our upstream's answer, says what
+        the caller may be told, so that a success is still reported once.
+        """
+        if await self.ledger.finish(self.record, state, **fields) or not self.report:
+            return reply
+        current = await self.ledger.get(self.record.id)
+        if current is not None and current.state == "settled":
+            return await self.settler._already_settled(self.request, current)
+        if current is not None and current.state in ("failed", "ambiguous", "pending_onchain"):
+            return _from_record(self.request, current)
+        message = "another aggregator instance took this settle over and has not finished it"
+        return outcome_unknown(self.request, message, reply.upstream, self.sent)
 
     def expired_unused(self) -> bool:
         """Past validBefore (the chain said unused): no facilitator can ever move it now."""

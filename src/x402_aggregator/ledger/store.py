@@ -16,8 +16,11 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
+from pathlib import Path
 from typing import Any, Literal
 
 import orjson
@@ -93,6 +96,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
 )
 
+#: The claim a write is fenced by is still the writer's.
+_CLAIM_HELD = "SELECT 1 FROM settlements WHERE id = ? AND version = ?"
 ClaimStatus = Literal["fresh", "resume", "settled", "busy"]
 _COLUMNS = (
     "id, state, version, owner, network, scheme, x402_version, asset, payer, nonce, valid_before,"
@@ -144,7 +149,12 @@ class Ledger:
         self.instance = uuid.uuid4().hex
         self.host = socket.gethostname()
         self.pid = os.getpid()
-        self.process_start = _process_start(self.pid)
+        #: Boot and pid namespace: pids can only be compared between processes that share both.
+        self._namespace = _pid_namespace()
+        self.process_start = f"{self._namespace}{_process_start(self.pid)}"
+        #: Settlements this instance is working on right now, with how many tasks (see
+        #: :meth:`working`).
+        self.busy: Counter[str] = Counter()
         self.started_at = time.time()
         self._heartbeat: asyncio.Task[None] | None = None
 
@@ -221,15 +231,18 @@ class Ledger:
                 continue  # purged between the two statements
             if record.state == "settled":
                 return Claim("settled", record)
-            if record.state == "pending" and not await self.orphaned(record.owner):
+            if record.state == "pending" and not await self.orphaned(record.owner, record.id):
                 return Claim("busy", record)
             taken = await self.db.execute(
+                # attempt_count too: an attempt the old owner began after we read the record
+                # would otherwise be missed, and a resume taken for a fresh start.
                 "UPDATE settlements SET state = 'pending', owner = ?, version = version + 1,"
-                " updated_at = ? WHERE id = ? AND version = ?",
+                " updated_at = ? WHERE id = ? AND version = ? AND attempt_count = ?",
                 self.instance,
                 now,
                 payment.id,
                 record.version,
+                record.attempt_count,
             )
             if not taken:
                 continue  # someone else moved it first: look again
@@ -240,12 +253,16 @@ class Ledger:
             return Claim("resume" if may_have_moved else "fresh", mine, record.state)
         raise LedgerError(f"could not claim settlement {payment.id}: too much contention")
 
-    async def orphaned(self, owner: str | None) -> bool:
-        """True when ``owner`` is gone: its heartbeat stopped, or its process is dead."""
+    async def orphaned(self, owner: str | None, settlement_id: str | None = None) -> bool:
+        """True when ``owner`` is gone: its heartbeat stopped, or its process is dead.
+
+        This instance's own claim is orphaned when nothing here works on it any more (a settle
+        that ended in an error left it pending): ``busy`` lists what is being worked on.
+        """
         if owner is None:
             return True
         if owner == self.instance:
-            return False
+            return settlement_id is not None and not self.busy[settlement_id]
         rows = await self.db.fetch(
             "SELECT host, pid, process_start, heartbeat_at FROM instances WHERE id = ?", owner
         )
@@ -254,13 +271,25 @@ class Ledger:
         row = rows[0]
         if time.time() - float(row["heartbeat_at"]) > self.instance_timeout_s:
             return True
-        if row["host"] == self.host:
-            # On this host a dead owner is known at once (kill -9, a restarted container that
-            # reuses the pid), without waiting for its heartbeat to go stale.
+        started = str(row["process_start"] or "")
+        if row["host"] == self.host and started.startswith(self._namespace):
+            # Same host, same boot, same pid namespace: a dead owner is known at once (kill -9,
+            # a restarted process that reuses the pid), without waiting for its heartbeat.
+            # Containers sharing a hostname have their own pid namespaces: heartbeat only.
             pid = int(row["pid"])
-            started = row["process_start"]
-            return started is not None and _process_start(pid) != started
+            return _process_start(pid) != started.removeprefix(self._namespace)
         return False
+
+    @contextmanager
+    def working(self, settlement_id: str) -> Iterator[None]:
+        """Mark a settlement as worked on by this instance (its pending claim is not orphaned)."""
+        self.busy[settlement_id] += 1
+        try:
+            yield
+        finally:
+            self.busy[settlement_id] -= 1
+            if not self.busy[settlement_id]:
+                del self.busy[settlement_id]
 
     # -- writing, fenced by the claim -----------------------------------------------------------
 
@@ -276,9 +305,12 @@ class Ledger:
                 (upstream if kind == "settle" else None, n, now, record.id, record.version),
             ),
             (
+                # Only while the claim is ours: a fenced-out owner must not add attempt rows.
                 "INSERT INTO attempts (settlement_id, n, kind, upstream, instance, sent_at)"
-                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (settlement_id, n) DO NOTHING",
-                (record.id, n, kind, upstream, self.instance, now),
+                " SELECT CAST(? AS TEXT), CAST(? AS INTEGER), CAST(? AS TEXT), CAST(? AS TEXT),"
+                " CAST(? AS TEXT), CAST(? AS DOUBLE PRECISION) WHERE EXISTS"
+                f" ({_CLAIM_HELD}) ON CONFLICT (settlement_id, n) DO NOTHING",
+                (record.id, n, kind, upstream, self.instance, now, record.id, record.version),
             ),
         ]
         counts = await self.db.batch(statements)
@@ -406,7 +438,7 @@ class Ledger:
         records = [_record(row) for row in rows]
         due = []
         for record in records:
-            if record.state != "pending" or await self.orphaned(record.owner):
+            if record.state != "pending" or await self.orphaned(record.owner, record.id):
                 due.append(record)
         return due
 
@@ -482,8 +514,8 @@ class Ledger:
 
 def _end_attempt(record: Record, end: AttemptEnd) -> tuple[str, tuple[Any, ...]]:
     return (
-        "UPDATE attempts SET finished_at = ?, outcome = ?, http_status = ?, tx = ?, response = ?,"
-        " error = ? WHERE settlement_id = ? AND n = ?",
+        "UPDATE attempts SET finished_at = ?, outcome = ?, http_status = ?, tx = ?, response = ?,"  # noqa: S608
+        f" error = ? WHERE settlement_id = ? AND n = ? AND EXISTS ({_CLAIM_HELD})",
         (
             time.time(),
             end.outcome,
@@ -493,6 +525,8 @@ def _end_attempt(record: Record, end: AttemptEnd) -> tuple[str, tuple[Any, ...]]
             end.error,
             record.id,
             end.n,
+            record.id,
+            record.version,
         ),
     )
 
@@ -572,6 +606,16 @@ def _float(value: Any) -> float:
         return float(value)
     except (TypeError, ValueError):
         return 0.0
+
+
+def _pid_namespace() -> str:
+    """``<boot id>/<pid namespace inode>/``, or a random value where these cannot be read."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return f"{uuid.uuid4().hex}/"  # never equal to another process's: heartbeat only
+    return f"{boot}/{namespace}/"
 
 
 def _process_start(pid: int) -> str | None:
