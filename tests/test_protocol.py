@@ -475,3 +475,12 @@ def test_a_verify_flag_is_not_a_settle_answer() -> None:
     """Each operation looks for its own flag: isValid does not answer a settle."""
     assert normalise_answer("settle", {"isValid": True}, NETWORK) is None
     assert normalise_answer("verify", {"success": True, "transaction": TX}, NETWORK) is None
+
+
+def test_a_v1_network_name_and_its_caip2_id_are_one_payment() -> None:
+    """The same authorization sent as base-sepolia and as eip155:84532 has one identity."""
+    nonce = "0x" + "22" * 32
+    v1 = parse_request(orjson.dumps(v1_body(nonce=nonce)), "settle")
+    v2 = parse_request(orjson.dumps(v2_body(nonce=nonce)), "settle")
+
+    assert v1.identity == v2.identity

@@ -6,6 +6,7 @@ import asyncio
 import concurrent.futures
 import os
 import time
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -420,3 +421,38 @@ def test_an_owner_taken_over_while_sending_never_reports_a_second_success(
     loser = one if two.get("success") else two
     # Told what the ledger knew at that moment: B still settling, or B's success already told.
     assert loser["errorReason"] in ("settlement_outcome_unknown", "duplicate_settlement")
+
+
+def test_a_valid_before_beyond_64_bits_still_settles(
+    fakes: FakeFactory, aggregator: AggregatorFactory
+) -> None:
+    """validBefore is a uint256: one that no database integer holds is kept out of the index."""
+    primary = fakes("primary")
+    agg = aggregator(primary)
+
+    answer = agg.post("/settle", v2_body(valid_before=2**70))
+
+    assert answer.status_code == 200
+    assert answer.json()["success"] is True
+    assert settlement_of(agg, answer)["valid_before"] is None
+
+
+async def test_a_ledger_down_at_first_use_is_opened_again_later(
+    fakes: FakeFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In-process use opens the ledger on first settle; a failure then is not for good."""
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    monkeypatch.setenv("X402_AGGREGATOR_LEDGER__URL", f"sqlite:///{blocker}/ledger.db")
+    primary = fakes("primary")
+    engine = _engine(primary)
+    try:
+        down = await engine.settle(orjson.dumps(v2_body()))
+        blocker.unlink()  # the "database" comes back
+        up = await engine.settle(orjson.dumps(v2_body()))
+    finally:
+        await engine.aclose()
+
+    assert (down.status, down.json()["errorReason"]) == (503, "ledger_unavailable")
+    assert up.json()["success"] is True
+    assert primary.calls["settle"] == 1

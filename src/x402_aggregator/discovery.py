@@ -189,8 +189,9 @@ def updated_at(item: JSONObject) -> float:
     return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
 
 
-def parse_page(body: bytes) -> tuple[list[JSONObject], int | None]:
-    """One upstream page: its items that name a resource, and ``pagination.total`` if given.
+def parse_page(body: bytes) -> tuple[list[JSONObject], int | None, int]:
+    """One upstream page: its items that name a resource, ``pagination.total`` if given, and
+    how many items the page had in all (the next offset moves by that, not by what we kept).
 
     Raises ``ValueError`` when the body is not a catalogue page at all.
     """
@@ -208,7 +209,7 @@ def parse_page(body: bytes) -> tuple[list[JSONObject], int | None]:
     pagination = data.get("pagination")
     total = pagination.get("total") if isinstance(pagination, dict) else None
     valid = isinstance(total, int) and not isinstance(total, bool) and total >= 0
-    return items, total if valid else None
+    return items, total if valid else None, len(data["items"])
 
 
 class _Unavailable(Exception):
@@ -323,11 +324,12 @@ class Discovery:
 
     async def _fetch(self, source: _Source) -> list[JSONObject]:
         """Page through one upstream's catalogue, within the configured bounds."""
-        found: dict[Key, JSONObject] = {}
+        found: dict[Key, list[JSONObject]] = {}
         offset, limit = 0, self.config.max_items_per_upstream
+        previous_page: list[JSONObject] | None = None
         for _ in range(self.config.max_pages_per_upstream):
             try:
-                items, total = await self._page(source, offset)
+                items, total, count = await self._page(source, offset)
             except _Unavailable as exc:
                 if offset == 0:
                     raise
@@ -336,22 +338,23 @@ class Discovery:
                     "discovery: %s page at offset %d: %s", source.upstream.name, offset, exc
                 )
                 for item in source.items:
-                    found.setdefault(item_key(item), item)
+                    found.setdefault(item_key(item), [item])
                 break
-            before = len(found)
+            # An upstream that ignores offset sends the same page again: that is the end.
+            if items == previous_page:
+                break
+            previous_page = items
             for item in items:
-                key = item_key(item)
-                if key not in found or updated_at(item) > updated_at(found[key]):
-                    found[key] = item
-            offset += len(items)
-            # The end: an empty page, the total reached, the bound, or an upstream that ignores
-            # offset and sends the same page again.
+                # One resource may be listed once per network: merge them like across upstreams.
+                found.setdefault(item_key(item), []).append(item)
+            offset += count
+            # The end: an empty page, the total reached, or the bound.
             done = total is not None and offset >= total
-            if done or not items or len(found) == before or len(found) >= limit:
+            if done or not count or len(found) >= limit:
                 break
-        return list(found.values())[:limit]
+        return [_merge(group) for group in found.values()][:limit]
 
-    async def _page(self, source: _Source, offset: int) -> tuple[list[JSONObject], int | None]:
+    async def _page(self, source: _Source, offset: int) -> tuple[list[JSONObject], int | None, int]:
         upstream = source.upstream
         url = f"{upstream.display_url}{PATH}"
         try:

@@ -16,6 +16,7 @@ from x402.schemas import PaymentPayload, PaymentRequirements
 from x402.schemas.v1 import PaymentPayloadV1, PaymentRequirementsV1
 
 from ._types import JSONObject, Operation
+from .chain import caip2
 from .errors import RequestError
 
 SUPPORTED_VERSIONS = (1, 2)
@@ -145,14 +146,17 @@ def payment_identity(network: str, requirements: JSONObject, payload: JSONObject
     """
     inner = payload.get("payload")
     if isinstance(inner, dict):
+        # v1 names and CAIP-2 ids of one chain are one chain: the same authorization sent as
+        # "base-sepolia" and as "eip155:84532" is the same payment.
+        chain = caip2(network)
         auth = inner.get("authorization")
         if isinstance(auth, dict) and isinstance(auth.get("from"), str):
             asset = requirements.get("asset")
-            return f"{network}|{asset}|{auth['from']}|{auth.get('nonce')}".lower()
+            return f"{chain}|{asset}|{auth['from']}|{auth.get('nonce')}".lower()
         permit = inner.get("permit2Authorization")
         if isinstance(permit, dict) and isinstance(permit.get("from"), str):
             # Permit2 nonces belong to the owner across every token.
-            return f"{network}|permit2|{permit['from']}|{permit.get('nonce')}".lower()
+            return f"{chain}|permit2|{permit['from']}|{permit.get('nonce')}".lower()
     return (
         "sha256:" + hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()
     )

@@ -32,7 +32,7 @@ from .auth import authenticator
 from .config import Config, load_config
 from .discovery import Discovery, parse_query
 from .endpoints import PATHS, PaymentEndpoints
-from .errors import ConfigError
+from .errors import AggregatorError, ConfigError
 from .ledger import STATES, LedgerError
 from .settlement import chain_readers
 
@@ -84,6 +84,13 @@ def create_app(
     # What serves requests now: a reload (SIGHUP) swaps both in one step.
     live = _Live(engine, discovery)
     retiring: set[asyncio.Task[None]] = set()
+    reloading = asyncio.Lock()
+    signalled: set[asyncio.Task[bool]] = set()
+
+    def on_sighup() -> None:
+        task = asyncio.ensure_future(reload())
+        signalled.add(task)  # keep a reference until it is done
+        task.add_done_callback(signalled.discard)
 
     async def reload() -> bool:
         """Build everything from the configuration source again; swap it in if it starts.
@@ -92,12 +99,16 @@ def create_app(
         that cannot be opened) is refused: the running one stays, and the error is logged.
         Requests in flight finish on the engine they started on, which closes afterwards.
         """
+        async with reloading:  # one at a time: two quick SIGHUPs must not race
+            return await _reload()
+
+    async def _reload() -> bool:
         old = live.engine
         try:
             config = load_config()
             check_secrets(config)
             fresh = Aggregator(config)
-        except ConfigError as exc:
+        except (AggregatorError, ValueError) as exc:  # config, secrets, ledger URL, RPC URL
             logger.error("configuration reload refused, the running one stays: %s", exc)
             return False
         try:
@@ -136,11 +147,12 @@ def create_app(
             gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
         loop = asyncio.get_running_loop()
         if serving and hasattr(signal, "SIGHUP"):
-            loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(reload()))
+            loop.add_signal_handler(signal.SIGHUP, on_sighup)
         yield
         if serving and hasattr(signal, "SIGHUP"):
             loop.remove_signal_handler(signal.SIGHUP)
         # Engines replaced by a reload close now (uvicorn has let in-flight requests finish).
+        await asyncio.gather(*signalled, return_exceptions=True)
         for task in list(retiring):
             task.cancel()
         await asyncio.gather(*retiring, return_exceptions=True)

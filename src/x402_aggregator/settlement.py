@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import orjson
 
@@ -49,6 +50,8 @@ REPLAYED_HEADER = (b"idempotent-replayed", b"true")
 IDEMPOTENCY_MISMATCH = "idempotency_key_reused"
 LEDGER_UNAVAILABLE = "ledger_unavailable"
 EXPIRED = "invalid_exact_evm_payload_authorization_valid_before"
+#: How far past validBefore (by our clock) an unused authorization counts as expired.
+EXPIRY_MARGIN_S = 300.0
 #: Longest pause between two looks at an unresolved settle.
 MAX_BACKOFF_S = 1800.0
 #: Results an idempotency key replays; the others (unknown, pending, nothing reached) may change.
@@ -103,7 +106,15 @@ class Settler:
         """Open the ledger (once; also on first use) and start resolving in the background."""
         if self._opening is None:
             self._opening = asyncio.create_task(self._open())
-        await asyncio.shield(self._opening)
+        opening = self._opening
+        try:
+            await asyncio.shield(opening)
+        except LedgerError:
+            # A database that was down at first use must not stay "down" for good: the next
+            # settle tries to open it again.
+            if self._opening is opening:
+                self._opening = None
+            raise
 
     async def _open(self) -> None:
         await self.ledger.open()
@@ -642,9 +653,12 @@ class _Run:
         return outcome_unknown(self.request, message, reply.upstream, self.sent)
 
     def expired_unused(self) -> bool:
-        """Past validBefore (the chain said unused): no facilitator can ever move it now."""
+        """Past validBefore (the chain said unused): no facilitator can ever move it now.
+
+        Judged with a margin: our clock may run ahead of the chain's block timestamps.
+        """
         valid_before = self.record.valid_before
-        return valid_before is not None and time.time() > valid_before
+        return valid_before is not None and time.time() > valid_before + EXPIRY_MARGIN_S
 
     def _next_check_at(self) -> float:
         """Unresolved records are looked at again with exponential back-off."""
@@ -688,8 +702,9 @@ def _from_record(request: PaymentRequest, record: Record) -> Reply:
 
 
 def _id_header(settlement_id: str) -> tuple[bytes, bytes]:
-    # Identities are ASCII (hex, CAIP-2, "sha256:"); anything else is dropped from the header.
-    return (SETTLEMENT_ID_HEADER, settlement_id.encode("ascii", "replace"))
+    # The id is built from fields of the caller's payload: percent-encode anything that is not
+    # plainly safe, so that no byte of it can break the header (CR, LF, non-ASCII).
+    return (SETTLEMENT_ID_HEADER, quote(settlement_id, safe="|:").encode("ascii"))
 
 
 def idempotency_key_of(request: PaymentRequest) -> str | None:

@@ -102,8 +102,10 @@ class SQLiteDatabase(Database):
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._executor, fn, *args)
-        except (sqlite3.Error, OSError) as exc:
+        except (sqlite3.Error, OSError, OverflowError) as exc:
             raise LedgerError(f"ledger {self.display}: {exc}") from exc
+        except RuntimeError as exc:  # the executor was shut down: this ledger is closed
+            raise LedgerError(f"ledger {self.display} is closed") from exc
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:

@@ -187,10 +187,12 @@ def _inner(payload: Any) -> dict[str, Any]:
 
 
 def _int(value: Any) -> int | None:
+    """An integer that fits a BIGINT column, else None (uint256 fields can be larger)."""
     try:
-        return int(value)
+        number = int(value)
     except (TypeError, ValueError):
         return None
+    return number if -(2**63) <= number < 2**63 else None
 
 
 def _json_or_none(raw: bytes | None) -> Any:
