@@ -256,13 +256,15 @@ class Ledger:
     async def orphaned(self, owner: str | None, settlement_id: str | None = None) -> bool:
         """True when ``owner`` is gone: its heartbeat stopped, or its process is dead.
 
-        This instance's own claim is orphaned when nothing here works on it any more (a settle
-        that ended in an error left it pending): ``busy`` lists what is being worked on.
+        This instance's own claim is orphaned when nothing else here works on it (a settle
+        that ended in an error left it pending): ``busy`` counts the tasks working on each
+        settlement, the asking one included.
         """
         if owner is None:
             return True
         if owner == self.instance:
-            return settlement_id is not None and not self.busy[settlement_id]
+            # Whoever asks holds ``working`` for it: anyone else here means it is in hand.
+            return settlement_id is not None and self.busy[settlement_id] <= 1
         rows = await self.db.fetch(
             "SELECT host, pid, process_start, heartbeat_at FROM instances WHERE id = ?", owner
         )
