@@ -135,15 +135,18 @@ class Settler:
     async def settle(
         self, request: PaymentRequest, plan: Sequence[Attempt], idempotency_key: str | None
     ) -> Reply:
-        idempotency_key = idempotency_key or idempotency_key_of(request)
-        request_hash = canonical_hash(orjson.loads(request.body)) if idempotency_key else ""
+        # The body is parsed once here for everything the ledger needs to know about it.
+        data: JSONObject = orjson.loads(request.body)
+        payment = Payment.of(request, data)
+        idempotency_key = idempotency_key or idempotency_key_of(data)
+        request_hash = canonical_hash(data) if idempotency_key else ""
         try:
             await self.start()
             if idempotency_key is not None:
                 replayed = await self._replay(idempotency_key, request_hash)
                 if replayed is not None:
                     return replayed
-            reply = await self._single_flight(request, plan)
+            reply = await self._single_flight(request, payment, plan)
         except UnrecordedSettle as exc:
             logger.critical("a settle was sent but could not be recorded: %s", exc)
             message = "the settlement was sent but the ledger failed to record its outcome"
@@ -161,7 +164,7 @@ class Settler:
                     request_hash,
                     reply.status,
                     reply.body,
-                    Payment.of(request).valid_before,
+                    payment.valid_before,
                 )
             except LedgerError as exc:
                 # The settle itself is recorded; only a replay by this key is lost. The truth
@@ -184,7 +187,9 @@ class Settler:
         outcome = result_of(orjson.loads(stored.body))
         return Reply(stored.status, stored.body, outcome=outcome, headers=headers)
 
-    async def _single_flight(self, request: PaymentRequest, plan: Sequence[Attempt]) -> Reply:
+    async def _single_flight(
+        self, request: PaymentRequest, payment: Payment, plan: Sequence[Attempt]
+    ) -> Reply:
         key = request.identity
         first = self._flights.get(key)
         if first is not None:
@@ -197,7 +202,7 @@ class Settler:
         self._flights[key] = future
         try:
             with self.ledger.working(key):
-                reply = await self._settle(request, plan)
+                reply = await self._settle(request, payment, plan)
         except BaseException as exc:
             if isinstance(exc, asyncio.CancelledError):
                 future.cancel()
@@ -211,17 +216,18 @@ class Settler:
         future.set_result(reply)
         return reply
 
-    async def _settle(self, request: PaymentRequest, plan: Sequence[Attempt]) -> Reply:
-        payment = Payment.of(request)
+    async def _settle(
+        self, request: PaymentRequest, payment: Payment, plan: Sequence[Attempt]
+    ) -> Reply:
         deadline = time.monotonic() + self.engine.config.routing.settle_deadline_s
         while True:
             claim = await self.ledger.claim(payment)
             if claim.status == "settled":
-                return await self._already_settled(request, claim.record)
+                return await self._already_settled(request, payment, claim.record)
             if claim.status == "fresh":
                 return await _Run(self, request, claim.record, report=True).execute(plan)
             if claim.status == "resume":
-                return await self._resume(request, claim, report=True)
+                return await self._resume(request, payment, claim, report=True)
             record = await self._wait(claim.record, deadline)
             if record is None or record.state == "pending":
                 if record is not None and time.monotonic() < deadline:
@@ -233,7 +239,7 @@ class Settler:
                     0,
                 )
             if record.state == "settled":
-                return await self._already_settled(request, record)
+                return await self._already_settled(request, payment, record)
             return _from_record(request, record)
 
     async def _wait(self, record: Record, deadline: float) -> Record | None:
@@ -242,16 +248,18 @@ class Settler:
         while time.monotonic() < deadline:
             await asyncio.sleep(pause)
             pause = min(pause * 2, 0.25)
-            current = await self.ledger.get(record.id)
+            current = await self.ledger.get(record.id, attempts=False)
             if current is None or current.state != "pending":
                 return current
             if await self.ledger.orphaned(current.owner, current.id):
                 return current
         return await self.ledger.get(record.id)
 
-    async def _already_settled(self, request: PaymentRequest, record: Record) -> Reply:
+    async def _already_settled(
+        self, request: PaymentRequest, payment: Payment, record: Record
+    ) -> Reply:
         """Report a success once (it may have been resolved without anyone being told)."""
-        same_payment = record.payload_hash == Payment.of(request).payload_hash
+        same_payment = record.payload_hash == payment.payload_hash
         if (
             not record.reported
             and same_payment
@@ -261,12 +269,14 @@ class Settler:
             return Reply(200, record.response, record.upstream, 0, outcome="settled")
         return duplicate(request, record.transaction, record.upstream)
 
-    async def _resume(self, request: PaymentRequest, claim: Claim, *, report: bool) -> Reply:
+    async def _resume(
+        self, request: PaymentRequest, payment: Payment, claim: Claim, *, report: bool
+    ) -> Reply:
         """Settle a payment an earlier attempt may have moved: evidence first, then its upstream."""
         record = claim.record
         run = _Run(self, request, record, report=report, doubtful=True)
         previous = claim.previous or "ambiguous"
-        if record.payload_hash != Payment.of(request).payload_hash:
+        if record.payload_hash != payment.payload_hash:
             # Same authorization nonce, different signed payload: it must not steer a payment
             # that may have moved. Leave the record as it was and say what is known.
             await self.ledger.finish(
@@ -344,7 +354,8 @@ class Settler:
             await self._resolve_claimed(record, request)
 
     async def _resolve_claimed(self, record: Record, request: PaymentRequest) -> None:
-        claim = await self.ledger.claim(Payment.of(request))
+        payment = Payment.of(request)
+        claim = await self.ledger.claim(payment)
         if claim.status in ("settled", "busy"):
             return
         if claim.status == "fresh":
@@ -354,7 +365,7 @@ class Settler:
             )
             return
         before = claim.previous
-        reply = await self._resume(request, claim, report=False)
+        reply = await self._resume(request, payment, claim, report=False)
         result = reply.outcome
         if result in ("settled", "failed"):
             logger.warning(
@@ -398,7 +409,6 @@ class _Run:
         self.n = record.attempt_count
         self.sent = 0
         self.reader = settler.chains.get(caip2(request.kind.network))
-        self.authorization = eip3009_authorization(orjson.loads(request.body)["paymentPayload"])
 
     async def execute(self, plan: Sequence[Attempt]) -> Reply:
         try:
@@ -565,8 +575,12 @@ class _Run:
         None when the chain cannot say: no RPC for the network, not an EIP-3009 payment, or
         the RPC failed. The read is recorded as an attempt, for the audit trail.
         """
-        auth, asset = self.authorization, self.record.asset
-        if self.reader is None or auth is None or asset is None:
+        if self.reader is None or self.record.asset is None:
+            return None
+        # Parsed here, not per settle: only an unclear outcome with an RPC gets this far.
+        auth = eip3009_authorization(orjson.loads(self.request.body)["paymentPayload"])
+        asset = self.record.asset
+        if auth is None:
             return None
         self.n += 1
         await self.ledger.begin_attempt(self.record, self.n, "chain", self._rpc)
@@ -646,7 +660,8 @@ class _Run:
             return reply
         current = await self.ledger.get(self.record.id)
         if current is not None and current.state == "settled":
-            return await self.settler._already_settled(self.request, current)
+            # Our record is this payment (a record is its payment plus what happened to it).
+            return await self.settler._already_settled(self.request, self.record, current)
         if current is not None and current.state in ("failed", "ambiguous", "pending_onchain"):
             return _from_record(self.request, current)
         message = "another aggregator instance took this settle over and has not finished it"
@@ -707,9 +722,9 @@ def _id_header(settlement_id: str) -> tuple[bytes, bytes]:
     return (SETTLEMENT_ID_HEADER, quote(settlement_id, safe="|:").encode("ascii"))
 
 
-def idempotency_key_of(request: PaymentRequest) -> str | None:
+def idempotency_key_of(data: JSONObject) -> str | None:
     """The ``payment-identifier`` extension's id, which the SDKs send as an idempotency key."""
-    payload = orjson.loads(request.body).get("paymentPayload")
+    payload = data.get("paymentPayload")
     extensions = payload.get("extensions") if isinstance(payload, dict) else None
     entry = extensions.get("payment-identifier") if isinstance(extensions, dict) else None
     if not isinstance(entry, dict):

@@ -41,8 +41,10 @@ class Payment:
     request: bytes = field(repr=False)
 
     @classmethod
-    def of(cls, request: PaymentRequest) -> Payment:
-        data = orjson.loads(request.body)
+    def of(cls, request: PaymentRequest, data: JSONObject | None = None) -> Payment:
+        """The payment's facts; ``data`` is ``request.body`` already parsed, if at hand."""
+        if data is None:
+            data = orjson.loads(request.body)
         payload = data.get("paymentPayload", {})
         requirements = data.get("paymentRequirements", {})
         auth = eip3009_authorization(payload)

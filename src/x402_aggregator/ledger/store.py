@@ -166,7 +166,7 @@ class Ledger:
         """Migrate the schema and announce this instance (then keep announcing it)."""
         await self.db.migrate(MIGRATIONS)
         await self.beat()
-        if heartbeat:
+        if heartbeat and self._heartbeat is None:  # opened again after a failure: one is enough
             self._heartbeat = asyncio.create_task(self._beat_forever(), name="ledger heartbeat")
 
     async def aclose(self) -> None:
@@ -387,19 +387,22 @@ class Ledger:
 
     # -- reading -------------------------------------------------------------------------------
 
-    async def get(self, settlement_id: str) -> Record | None:
+    async def get(self, settlement_id: str, *, attempts: bool = True) -> Record | None:
+        """The record, with its attempts unless ``attempts`` is false (a poll of its state)."""
         rows = await self.db.fetch(
             f"SELECT {_COLUMNS} FROM settlements WHERE id = ?",  # noqa: S608 (constant)
             settlement_id,
         )
         if not rows:
             return None
-        attempts = await self.db.fetch(
+        if not attempts:
+            return _record(rows[0])
+        found = await self.db.fetch(
             "SELECT n, kind, upstream, sent_at, finished_at, outcome, http_status, tx, response,"
             " error FROM attempts WHERE settlement_id = ? ORDER BY n",
             settlement_id,
         )
-        return replace(_record(rows[0]), attempts=tuple(_attempt(a) for a in attempts))
+        return replace(_record(rows[0]), attempts=tuple(_attempt(a) for a in found))
 
     async def find(
         self,
