@@ -351,22 +351,27 @@ def _prioritise() -> str:
         return "normal"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) != 2:
-        print("usage: python -m bench.loadgen SPEC.json RESULT.json", file=sys.stderr)
-        return 2
-    spec = _spec_from_json(Path(args[0]).read_bytes())
-    if spec.cpu is not None:
-        os.sched_setaffinity(0, {spec.cpu})
+def generator_loop(cpu: int | None) -> asyncio.AbstractEventLoop:
+    """A fresh event loop (uvloop) for a load generator process pinned to ``cpu``."""
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
     try:
         import uvloop
 
         uvloop.install()
     except ImportError:  # pragma: no cover - uvloop is a dependency of the service
         pass
+    return asyncio.new_event_loop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 2:
+        print("usage: python -m bench.loadgen SPEC.json RESULT.json", file=sys.stderr)
+        return 2
+    spec = _spec_from_json(Path(args[0]).read_bytes())
+    loop = generator_loop(spec.cpu)
     scheduling = _prioritise()
-    loop = asyncio.new_event_loop()
     try:
         result = loop.run_until_complete(_Generator(spec, loop).run())
     finally:

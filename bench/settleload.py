@@ -26,7 +26,6 @@ import contextlib
 import gc
 import json
 import math
-import os
 import secrets
 import sys
 import time
@@ -36,7 +35,7 @@ from pathlib import Path
 
 import orjson
 
-from .loadgen import START_MARKER, Target
+from .loadgen import START_MARKER, Target, generator_loop
 from .rawhttp import Answer, Pool
 
 SEQUENTIAL = "sequential"
@@ -288,15 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("usage: python -m bench.settleload SPEC.json RESULT.json", file=sys.stderr)
         return 2
     spec = _spec_from_json(Path(args[0]).read_bytes())
-    if spec.cpu is not None:
-        os.sched_setaffinity(0, {spec.cpu})
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:  # pragma: no cover - uvloop is a dependency of the service
-        pass
-    loop = asyncio.new_event_loop()
+    loop = generator_loop(spec.cpu)
     try:
         result = loop.run_until_complete(_Runner(spec, loop).run())
     finally:
