@@ -20,13 +20,14 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
+
+from .live import free_port
 
 #: The bootstrap superuser initdb creates, and the database start() creates for it.
 USER = "x402"
@@ -74,13 +75,6 @@ def _has_server_binaries(bin_dir: Path) -> bool:
 
 def _version_key(version: str) -> tuple[int, ...]:
     return tuple(int(part) for part in re.findall(r"\d+", version))
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _conf_value(value: str) -> str:
@@ -280,7 +274,7 @@ class PostgresServer:
 
     def _start_postmaster(self) -> None:
         for attempt in range(1, _PORT_ATTEMPTS + 1):
-            self.port = _free_port()
+            self.port = free_port()
             self._write_settings()
             try:
                 result = self._run(
@@ -301,7 +295,7 @@ class PostgresServer:
                 self._running = True
                 return
             log = self._log_tail()
-            # Another process took the port between _free_port() and the bind: try another one.
+            # Another process took the port between free_port() and the bind: try another one.
             if attempt < _PORT_ATTEMPTS and "could not bind" in log:
                 continue
             raise RuntimeError(
