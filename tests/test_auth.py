@@ -30,13 +30,12 @@ from x402_aggregator.auth import (
     TOKEN_TTL_S,
     CdpAuthenticator,
     PayaiAuthenticator,
-    SigningError,
     StaticAuthenticator,
     auth_headers,
     authenticator,
 )
 from x402_aggregator.config import CdpAuth, PayaiAuth, UpstreamConfig, load_config
-from x402_aggregator.errors import ConfigError
+from x402_aggregator.errors import ConfigError, SigningError
 from x402_aggregator.protocol import parse_request
 from x402_aggregator.server import check_secrets
 from x402_aggregator.testing.jwt_facilitator import JwtFacilitator, PublicKey, Scheme

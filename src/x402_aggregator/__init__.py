@@ -1,8 +1,6 @@
 """x402-aggregator: one x402 facilitator endpoint in front of many."""
 
-# Set before the imports below: several modules read it.
-__version__ = "0.1.0"
-
+from ._version import __version__
 from .aggregator import Aggregator
 from .client import AggregatorClient, AggregatorClientSync
 from .config import Config, load_config

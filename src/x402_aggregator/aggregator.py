@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 import orjson
 
 from . import metrics
-from ._types import JSONObject, Operation
+from ._types import Clock, JSONObject, Operation
 from .alerts import Alerts
 from .budget import RetryBudget
 from .capabilities import merge_supported
@@ -26,7 +26,7 @@ from .errors import ConfigError, RequestError
 from .health import Prober, UpstreamHealth
 from .ledger import Ledger
 from .logs import REQUEST_ID, short
-from .outlier import Clock, OutlierPolicy
+from .outlier import OutlierPolicy
 from .protocol import (
     NO_UPSTREAM_AVAILABLE,
     PaymentRequest,

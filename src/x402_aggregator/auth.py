@@ -22,12 +22,13 @@ import os
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
 
+from ._types import Clock
 from .config import BearerAuth, CdpAuth, HeaderAuth, PayaiAuth, UpstreamConfig
-from .errors import ConfigError
+from .errors import ConfigError, SigningError
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -56,11 +57,6 @@ _CDP_SOURCE = "x402"
 _CDP_SOURCE_VERSION = "2.0.0"
 #: Distinct (method, URL) pairs cached per upstream; an upstream uses three.
 _CACHE_LIMIT = 32
-Clock = Callable[[], float]
-
-
-class SigningError(RuntimeError):
-    """A token could not be signed for a request; the message names no secret."""
 
 
 class Authenticator(ABC):

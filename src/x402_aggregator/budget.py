@@ -11,7 +11,7 @@ import math
 import time
 from collections import deque
 
-from .outlier import Clock
+from ._types import Clock
 
 
 class RetryBudget:

@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 import aiohttp
 import orjson
 
+from .errors import ChainError
+
 #: ``authorizationState(address,bytes32)`` of FiatToken / EIP-3009 tokens.
 AUTHORIZATION_STATE_SELECTOR = "0xe94a0102"
 #: ``keccak("AuthorizationUsed(address,bytes32)")``: both arguments are indexed.
@@ -51,10 +53,6 @@ _HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
 def caip2(network: str) -> str:
     """The CAIP-2 id of an x402 network name; CAIP-2 ids and unknown names come back unchanged."""
     return V1_NETWORKS.get(network, network)
-
-
-class ChainError(Exception):
-    """The RPC could not give an answer (unreachable, timeout, JSON-RPC error, garbage)."""
 
 
 @dataclass(frozen=True, slots=True)

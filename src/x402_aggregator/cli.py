@@ -18,7 +18,8 @@ import uvicorn
 from rich.console import Console
 from rich.table import Table
 
-from . import __version__, logs
+from . import logs
+from ._version import __version__
 from .aggregator import ledger_url
 from .config import CONFIG_ENV, Config, load_config
 from .errors import ConfigError, TransportError, UpstreamAuthError

@@ -25,11 +25,11 @@ from datetime import UTC, datetime
 
 import orjson
 
-from . import __version__
 from ._types import JSONObject
-from .auth import Authenticator, SigningError
+from ._version import __version__
+from .auth import Authenticator
 from .config import DiscoveryConfig
-from .errors import TransportError
+from .errors import SigningError, TransportError
 from .transport import Transport, UpstreamRequest
 from .upstream import Upstream
 

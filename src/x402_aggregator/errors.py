@@ -1,17 +1,22 @@
-"""The aggregator's exceptions.
+"""The aggregator's exceptions, all under one root.
 
 Expected answers (an invalid payment, a failed settle) are values, not exceptions. These are for
-configuration mistakes, bad requests and transport faults::
+configuration mistakes, bad requests, infrastructure faults and broken invariants::
 
     AggregatorError
     ├── ConfigError (ValueError)        the configuration cannot be used
     ├── RequestError (ValueError)       a caller's request is malformed; carries the x402 reason
     ├── UpstreamAuthError (ValueError)  an upstream refused our credentials (401/403/407)
-    └── TransportError (OSError)        an upstream call failed below HTTP
-        ├── ConnectError                the request provably never reached the upstream
-        │   └── ConnectTimeout
-        ├── ReadTimeout                 sent, no complete answer in time: it may have arrived
-        └── ConnectionLost              sent, then the connection broke: it may have arrived
+    │   └── SigningError                we could not sign a token for a request to it
+    ├── TransportError (OSError)        an upstream call failed below HTTP
+    │   ├── ConnectError                the request provably never reached the upstream
+    │   │   └── ConnectTimeout
+    │   ├── ReadTimeout                 sent, no complete answer in time: it may have arrived
+    │   └── ConnectionLost              sent, then the connection broke: it may have arrived
+    ├── ChainError                      a chain RPC gave no answer (unreachable, error, garbage)
+    └── LedgerError                     the ledger's database cannot be used
+        ├── Fenced                      another instance claimed the payment since we did
+        └── UnrecordedSettle            a settle was sent, then its outcome could not be written
 """
 
 from __future__ import annotations
@@ -42,6 +47,10 @@ class UpstreamAuthError(AggregatorError, ValueError):
     """
 
 
+class SigningError(UpstreamAuthError):
+    """A token could not be signed for a request; the message names no secret."""
+
+
 class TransportError(AggregatorError, OSError):
     """An upstream call failed below HTTP (no usable status line and body)."""
 
@@ -65,3 +74,19 @@ class ReadTimeout(TransportError):
 
 class ConnectionLost(TransportError):
     """The connection broke after the request was sent (reset, closed, truncated answer)."""
+
+
+class ChainError(AggregatorError):
+    """The RPC could not give an answer (unreachable, timeout, JSON-RPC error, garbage)."""
+
+
+class LedgerError(AggregatorError):
+    """The ledger's database cannot be used (unreachable, full, newer schema, corrupt)."""
+
+
+class Fenced(LedgerError):
+    """Another instance claimed the payment since we did: our claim is void."""
+
+
+class UnrecordedSettle(LedgerError):
+    """The ledger failed after a settle was sent: its outcome cannot be reported as known."""

@@ -19,10 +19,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
-from ._types import JSONObject
+from ._types import Clock, JSONObject
 from .config import HealthConfig
 from .errors import TransportError
-from .outlier import Breaker, Clock, OutlierPolicy
+from .outlier import Breaker, OutlierPolicy
 
 if TYPE_CHECKING:
     from .transport import Transport

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import __version__
 from ._types import JSONObject
+from ._version import __version__
 from .ledger import STATES as LEDGER_STATES
 from .metrics import STATES
 

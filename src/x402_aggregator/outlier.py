@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ._types import Clock
+
 BreakerState = Literal["closed", "open", "half_open"]
-Clock = Callable[[], float]
 
 
 @dataclass(frozen=True, slots=True)

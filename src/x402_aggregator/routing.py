@@ -16,9 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from ._types import Operation
+from ._types import Clock, Operation
 from .config import RoutingConfig
-from .outlier import Clock
 from .protocol import INVALID_NETWORK, UNSUPPORTED_SCHEME, PaymentRequest
 from .upstream import Upstream
 

@@ -24,8 +24,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from . import __version__, logs, metrics, openapi
+from . import logs, metrics, openapi
 from ._types import JSONObject, Operation
+from ._version import __version__
 from .access import AccessControl, access_control, log_refusal
 from .aggregator import Aggregator, ledger_url, webhook_url
 from .auth import authenticator

@@ -22,10 +22,10 @@ import orjson
 
 from . import metrics
 from ._types import JSONObject
-from .chain import PUBLIC_RPCS, ChainError, ChainReader, caip2
+from .chain import PUBLIC_RPCS, ChainReader, caip2
 from .config import Config
-from .errors import ConfigError, RequestError
-from .ledger import AttemptEnd, Claim, Ledger, LedgerError, Record, State
+from .errors import ChainError, ConfigError, LedgerError, RequestError, UnrecordedSettle
+from .ledger import AttemptEnd, Claim, Ledger, Record, State
 from .ledger.records import Payment, canonical_hash, eip3009_authorization
 from .protocol import SETTLEMENT_PENDING, PaymentRequest, failure_body, parse_request
 from .replies import (
@@ -56,10 +56,6 @@ EXPIRY_MARGIN_S = 300.0
 MAX_BACKOFF_S = 1800.0
 #: Results an idempotency key replays; the others (unknown, pending, nothing reached) may change.
 _FINAL_RESULTS = frozenset({"settled", "failed", "duplicate"})
-
-
-class UnrecordedSettle(LedgerError):
-    """The ledger failed after a settle was sent: its outcome cannot be reported as known."""
 
 
 @dataclass(frozen=True, slots=True)

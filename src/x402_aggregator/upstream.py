@@ -17,12 +17,12 @@ from typing import Literal
 
 import orjson
 
-from . import __version__
 from ._types import JSONObject, Operation
-from .auth import Authenticator, SigningError, authenticator
+from ._version import __version__
+from .auth import Authenticator, authenticator
 from .capabilities import Capabilities, parse_supported
 from .config import UpstreamConfig
-from .errors import ConnectionLost, TransportError, UpstreamAuthError
+from .errors import ConnectionLost, SigningError, TransportError, UpstreamAuthError
 from .health import UpstreamHealth
 from .logs import REQUEST_ID
 from .protocol import SETTLEMENT_PENDING, PaymentRequest, normalise_answer, reason_of

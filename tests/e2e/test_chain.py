@@ -23,11 +23,11 @@ from x402_aggregator.chain import (
     AUTHORIZATION_USED_TOPIC,
     PUBLIC_RPCS,
     V1_NETWORKS,
-    ChainError,
     ChainReader,
     Receipt,
     caip2,
 )
+from x402_aggregator.errors import ChainError
 from x402_aggregator.testbed.network import TestBed
 from x402_aggregator.testing.live import StalledListener, free_port
 

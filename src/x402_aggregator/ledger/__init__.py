@@ -1,8 +1,9 @@
 """The settlement ledger: every settle on disk before it is sent, one success per payment."""
 
-from .database import Database, LedgerError, connect
+from ..errors import Fenced, LedgerError
+from .database import Database, connect
 from .records import STATES, UNRESOLVED, AttemptEnd, AttemptRecord, Payment, Record, State
-from .store import Claim, Fenced, IdempotentResponse, Ledger
+from .store import Claim, IdempotentResponse, Ledger
 
 __all__ = [
     "STATES",

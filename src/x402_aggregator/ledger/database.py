@@ -18,17 +18,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
-from ..errors import AggregatorError
+from ..errors import LedgerError
 
 Row = dict[str, Any]
 Statement = tuple[str, Sequence[Any]]
 T = TypeVar("T")
 #: Advisory lock key (PostgreSQL) that serialises migrations between instances starting at once.
 _MIGRATION_LOCK = 0x402_402
-
-
-class LedgerError(AggregatorError):
-    """The ledger's database cannot be used (unreachable, full, newer schema, corrupt)."""
 
 
 class Database(ABC):

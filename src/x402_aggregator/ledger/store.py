@@ -25,7 +25,8 @@ from typing import Any, Literal
 
 import orjson
 
-from .database import Database, LedgerError, Row, connect
+from ..errors import Fenced, LedgerError
+from .database import Database, Row, connect
 from .records import STATES, UNRESOLVED, AttemptEnd, AttemptRecord, Payment, Record, State
 
 logger = logging.getLogger("x402_aggregator.ledger")
@@ -127,10 +128,6 @@ class IdempotentResponse:
     request_hash: str
     status: int
     body: bytes
-
-
-class Fenced(LedgerError):
-    """Another instance claimed the payment since we did: our claim is void."""
 
 
 class Ledger:
