@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from jsonschema import Draft202012Validator
 
+from x402_aggregator import ledger, metrics, openapi
+from x402_aggregator._version import __version__
 from x402_aggregator.server import create_app
 from x402_aggregator.testing.fake_facilitator import Mode
 from x402_aggregator.testing.payloads import v2_body
@@ -85,3 +91,51 @@ def test_answers_match_their_documented_schema(
     name = response_schema(spec, path, method, response.status_code)
     errors = list(validator(spec, name).iter_errors(response.json()))
     assert not errors, [e.message for e in errors]
+
+
+def strings(node: Any) -> Iterator[str]:
+    """Yield every string value in a decoded JSON document (keys excluded)."""
+    if isinstance(node, dict):
+        for value in node.values():
+            yield from strings(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from strings(item)
+    elif isinstance(node, str):
+        yield node
+
+
+def test_packaged_document_has_its_computed_parts_filled_from_code() -> None:
+    """The served version and state enums are the code's, with no placeholder left."""
+    spec = openapi.spec()
+    schemas = spec["components"]["schemas"]
+    (state,) = [
+        p for p in spec["paths"]["/settlements"]["get"]["parameters"] if p["name"] == "state"
+    ]
+
+    assert spec["openapi"] == "3.1.0"
+    assert spec["info"]["version"] == __version__
+    assert schemas["Settlement"]["properties"]["state"]["enum"] == list(ledger.STATES)
+    assert state["schema"]["enum"] == list(ledger.STATES)
+    assert schemas["UpstreamStatus"]["properties"]["state"]["enum"] == list(metrics.STATES)
+    assert not [s for s in strings(spec) if s.startswith(openapi.PLACEHOLDER_PREFIX)]
+
+
+def test_every_computed_value_has_a_place_in_the_packaged_document() -> None:
+    """Each placeholder the code fills occurs in openapi.json, so none is filled into nowhere."""
+    raw = orjson.loads(openapi.DOCUMENT.read_bytes())
+    placeholders = {s for s in strings(raw) if s.startswith(openapi.PLACEHOLDER_PREFIX)}
+
+    assert placeholders == set(openapi.computed_values())
+
+
+def test_unknown_placeholder_is_refused_by_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A placeholder the code does not fill fails loading, naming it, rather than being served."""
+    document = tmp_path / "openapi.json"
+    document.write_bytes(orjson.dumps({"info": {"version": "<x402_aggregator.typo>"}}))
+    monkeypatch.setattr(openapi, "DOCUMENT", document)
+
+    with pytest.raises(ValueError, match=re.escape("<x402_aggregator.typo>")):
+        openapi.spec()
