@@ -16,7 +16,8 @@ from x402.http import HTTPFacilitatorClient
 from x402_aggregator.access import AccessControl, TokenBucket, parse_keys
 from x402_aggregator.config import load_config
 from x402_aggregator.errors import ConfigError
-from x402_aggregator.server import check_secrets, create_app
+from x402_aggregator.secrets import check_secrets
+from x402_aggregator.server import create_app
 from x402_aggregator.testing.fake_facilitator import FakeFacilitator
 from x402_aggregator.testing.payloads import v2_body
 

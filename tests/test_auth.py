@@ -37,7 +37,7 @@ from x402_aggregator.auth import (
 from x402_aggregator.config import CdpAuth, PayaiAuth, UpstreamConfig, load_config
 from x402_aggregator.errors import ConfigError, SigningError
 from x402_aggregator.protocol import parse_request
-from x402_aggregator.server import check_secrets
+from x402_aggregator.secrets import check_secrets
 from x402_aggregator.testing.jwt_facilitator import JwtFacilitator, PublicKey, Scheme
 from x402_aggregator.testing.live import free_port
 from x402_aggregator.testing.payloads import v2_body

@@ -17,6 +17,7 @@ from x402_aggregator.config import (
     load_config,
 )
 from x402_aggregator.errors import ConfigError
+from x402_aggregator.secrets import upstream_secrets
 
 EXAMPLE = """\
 server: {host: 127.0.0.1, port: 4020}
@@ -285,7 +286,9 @@ def test_bearer_auth_reads_its_token_from_the_environment(monkeypatch: pytest.Mo
     monkeypatch.setenv("X402_TEST_TOKEN", SECRET)
     upstream = upstream_with(BearerAuth(type="bearer", token_env="X402_TEST_TOKEN"))
 
-    assert auth_headers(upstream) == {"Authorization": f"Bearer {SECRET}"}
+    assert auth_headers(upstream, upstream_secrets(upstream)) == {
+        "Authorization": f"Bearer {SECRET}"
+    }
 
 
 def test_header_auth_reads_its_value_from_the_environment() -> None:

@@ -6,8 +6,8 @@ import pytest
 
 from x402_aggregator._types import Operation
 from x402_aggregator.health import ProbeState, UpstreamHealth
+from x402_aggregator.outcome import Outcome
 from x402_aggregator.outlier import OutlierPolicy
-from x402_aggregator.upstream import Outcome
 
 from .conftest import FakeClock
 

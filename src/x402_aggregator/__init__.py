@@ -5,8 +5,9 @@ from .aggregator import Aggregator
 from .client import AggregatorClient, AggregatorClientSync
 from .config import Config, load_config
 from .errors import AggregatorError, ConfigError, RequestError, TransportError
+from .outcome import Outcome
 from .replies import Reply
-from .upstream import Outcome, Upstream
+from .upstream import Upstream
 
 __all__ = [
     "Aggregator",

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import os
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -148,9 +147,7 @@ def log_refusal(refusal: Refusal, path: str, request_id: str | None) -> None:
         access_log.info("%s %s", path, refusal.reason, extra={"fields": fields})
 
 
-def access_control(
-    server: ServerConfig, environ: Mapping[str, str] = os.environ
-) -> AccessControl | None:
+def access_control(server: ServerConfig, secrets: Mapping[str, str]) -> AccessControl | None:
     """Read the API keys named by ``server.api_keys_env``; None when access control is off.
 
     Raises :class:`ConfigError` naming the variable (and the position of a bad entry), never
@@ -160,7 +157,7 @@ def access_control(
     if variable is None:
         return None
     return AccessControl(
-        parse_keys(variable, environ.get(variable, "")),
+        parse_keys(variable, secrets.get(variable, "")),
         server.rate_limit_per_s,
         server.rate_limit_burst,
     )

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import os
 import time
 import uuid
 from abc import ABC, abstractmethod
@@ -278,16 +277,20 @@ def parse_payai_secret(secret: str) -> Ed25519PrivateKey:
 
 def authenticator(
     upstream: UpstreamConfig,
-    environ: Mapping[str, str] = os.environ,
+    secrets: Mapping[str, str],
     *,
     reuse_tokens: bool = True,
 ) -> Authenticator:
-    """Build ``upstream``'s authenticator; a missing or unusable secret raises ConfigError."""
+    """Build ``upstream``'s authenticator; a missing or unusable secret raises ConfigError.
+
+    ``secrets`` holds the values of the variables its ``auth`` names, by variable (see
+    :mod:`.secrets`).
+    """
     auth = upstream.auth
     if auth is None or isinstance(auth, BearerAuth | HeaderAuth):
-        return StaticAuthenticator(auth_headers(upstream, environ))
-    key_id = _secret(upstream, "key_id_env", auth.key_id_env, environ)
-    key_secret = _secret(upstream, "key_secret_env", auth.key_secret_env, environ)
+        return StaticAuthenticator(auth_headers(upstream, secrets))
+    key_id = _secret(upstream, "key_id_env", auth.key_id_env, secrets)
+    key_secret = _secret(upstream, "key_secret_env", auth.key_secret_env, secrets)
     if isinstance(auth, CdpAuth):
         return CdpAuthenticator(
             upstream.name,
@@ -308,9 +311,7 @@ def authenticator(
     raise ConfigError(f"upstream {upstream.name!r}: unsupported auth type")  # pragma: no cover
 
 
-def auth_headers(
-    upstream: UpstreamConfig, environ: Mapping[str, str] = os.environ
-) -> dict[str, str]:
+def auth_headers(upstream: UpstreamConfig, secrets: Mapping[str, str]) -> dict[str, str]:
     """The constant headers of a static kind (none, bearer, header); never log the result.
 
     Token kinds (cdp, payai) sign per request: use :func:`authenticator`.
@@ -320,19 +321,19 @@ def auth_headers(
         return {}
     if isinstance(auth, BearerAuth):
         return {
-            "Authorization": f"Bearer {_secret(upstream, 'token_env', auth.token_env, environ)}"
+            "Authorization": f"Bearer {_secret(upstream, 'token_env', auth.token_env, secrets)}"
         }
     if isinstance(auth, HeaderAuth):
-        return {auth.name: _secret(upstream, "value_env", auth.value_env, environ)}
+        return {auth.name: _secret(upstream, "value_env", auth.value_env, secrets)}
     raise ConfigError(
         f"upstream {upstream.name!r}: auth type {auth.type} signs each request; "
         "it has no static headers"
     )
 
 
-def _secret(upstream: UpstreamConfig, field: str, variable: str, environ: Mapping[str, str]) -> str:
-    # Secrets mounted from files often end in a newline, which no HTTP header may carry.
-    value = environ.get(variable, "").strip()
+def _secret(upstream: UpstreamConfig, field: str, variable: str, secrets: Mapping[str, str]) -> str:
+    # Read and stripped by .secrets already; stripped again for mappings built by hand.
+    value = secrets.get(variable, "").strip()
     if not value:
         raise ConfigError(
             f"upstream {upstream.name!r}: auth.{field} names environment variable {variable}, "

@@ -20,12 +20,11 @@ from rich.table import Table
 
 from . import logs
 from ._version import __version__
-from .aggregator import ledger_url
 from .config import CONFIG_ENV, Config, load_config
 from .errors import ConfigError, TransportError, UpstreamAuthError
 from .ledger import STATES, Ledger, LedgerError, Record
 from .ledger.store import MIGRATIONS
-from .server import check_secrets
+from .secrets import check_secrets, read_secrets
 from .transport import AiohttpTransport
 from .upstream import Upstream
 
@@ -212,7 +211,7 @@ def _with_ledger(settings: Config, action: Callable[[Ledger], Awaitable[T]]) -> 
     """Open the configured ledger (without announcing an instance), run ``action``, close."""
 
     async def run() -> T:
-        ledger = Ledger.from_url(ledger_url(settings))
+        ledger = Ledger.from_url(read_secrets(settings, server=False).ledger_url)
         try:
             await ledger.db.migrate(MIGRATIONS)
             return await action(ledger)

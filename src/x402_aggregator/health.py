@@ -1,4 +1,6 @@
-"""What we know about each upstream: active probes, passive breakers, operator drains.
+"""What we know about each upstream: probe results, passive breakers, operator drains.
+
+Pure state, fed by the active probes (:mod:`.probing`) and by live outcomes.
 
 An upstream is *available* for a payment on a network when the operator has not drained it,
 its ``/supported`` probes have not marked it unhealthy (N failures in a row; M successes bring
@@ -9,31 +11,20 @@ over-claims: one whose RPC for a chain is broken must not lose the chains it ser
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import random
 import statistics
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from ._types import Clock, JSONObject
-from .config import HealthConfig
-from .errors import TransportError
+from .outcome import Outcome
 from .outlier import Breaker, OutlierPolicy
 
-if TYPE_CHECKING:
-    from .transport import Transport
-    from .upstream import Outcome, Upstream
-
-logger = logging.getLogger("x402_aggregator.health")
-
 ProbeState = Literal["unknown", "healthy", "unhealthy"]
-#: Verify latencies kept per upstream for the latency strategy and adaptive hedging.
 #: New verify latencies after which the adaptive hedge delay's p95 is computed again.
 P95_REFRESH = 16
+#: Verify latencies kept per upstream for the latency strategy and adaptive hedging.
 LATENCY_SAMPLES = 100
 EWMA_ALPHA = 0.3
 
@@ -215,62 +206,3 @@ class UpstreamHealth:
         )
         self._verify_latencies.append(elapsed_ms)
         self._since_p95 += 1
-
-
-class Prober:
-    """Fetches every upstream's ``/supported`` in the background, one task per upstream."""
-
-    def __init__(
-        self, upstreams: Sequence[Upstream], config: HealthConfig, on_change: Callable[[], None]
-    ) -> None:
-        self._upstreams = upstreams
-        self._config = config
-        self._on_change = on_change
-        self._tasks: list[asyncio.Task[None]] = []
-
-    async def start(self) -> None:
-        """Start probing; return after the first round or ``startup_wait_s``, whichever is first."""
-        firsts = [asyncio.Event() for _ in self._upstreams]
-        self._tasks = [
-            asyncio.create_task(self._run(up, first), name=f"probe {up.name}")
-            for up, first in zip(self._upstreams, firsts, strict=True)
-        ]
-        waits = [asyncio.create_task(first.wait()) for first in firsts]
-        _, pending = await asyncio.wait(waits, timeout=self._config.startup_wait_s)
-        for wait in pending:
-            wait.cancel()
-
-    async def aclose(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
-
-    async def probe(self, upstream: Upstream, transport: Transport | None = None) -> bool:
-        """Probe once, update capabilities and health; True when it answered."""
-        try:
-            capabilities = await upstream.probe(self._config.timeout_s, transport)
-        except (TransportError, ValueError) as exc:
-            upstream.health.record_probe(str(exc))
-            self._on_change()
-            return False
-        changed = capabilities != upstream.capabilities
-        upstream.capabilities = capabilities
-        upstream.health.record_probe(None)
-        if changed:
-            logger.info("upstream %s supports %d kinds", upstream.name, len(capabilities.kinds))
-        self._on_change()
-        return True
-
-    async def _run(self, upstream: Upstream, first: asyncio.Event) -> None:
-        while True:
-            ok = await self.probe(upstream)
-            first.set()
-            await asyncio.sleep(self._delay(ok, upstream.health.probe_failures))
-
-    def _delay(self, ok: bool, failures: int) -> float:
-        interval = self._config.interval_s
-        if not ok:
-            # Come back sooner while an upstream is down so recovery is noticed quickly.
-            interval = min(self._config.unknown_retry_s * 2 ** min(failures - 1, 10), interval)
-        return interval * random.uniform(0.9, 1.1)  # noqa: S311 - jitter, not cryptography

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -26,7 +26,8 @@ from prometheus_client.registry import Collector
 from ._types import Operation
 
 if TYPE_CHECKING:
-    from .upstream import Outcome, Upstream
+    from .health import UpstreamHealth
+    from .outcome import Outcome
 
 PREFIX = "x402_aggregator"
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -110,10 +111,20 @@ def record_refusal(reason: str, key: str) -> None:
     _child(ACCESS_REFUSED, reason, key).inc()
 
 
+class Watched(Protocol):
+    """What the health view reads of an upstream."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def health(self) -> UpstreamHealth: ...
+
+
 class HealthCollector(Collector):
     """Reads up/state/ejections from the engine at scrape time."""
 
-    def __init__(self, upstreams: Callable[[], Iterable[Upstream]], ambiguous: Callable[[], int]):
+    def __init__(self, upstreams: Callable[[], Iterable[Watched]], ambiguous: Callable[[], int]):
         self._upstreams = upstreams
         self._ambiguous = ambiguous
 

@@ -6,7 +6,6 @@ fields the SDK models do not know (Solana payloads, ``upto``, extensions) pass t
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,8 +15,8 @@ from x402.schemas import PaymentPayload, PaymentRequirements
 from x402.schemas.v1 import PaymentPayloadV1, PaymentRequirementsV1
 
 from ._types import JSONObject, Operation
-from .chain import caip2
 from .errors import RequestError
+from .schemes import PaymentFacts, PaymentScheme, read_payment
 
 SUPPORTED_VERSIONS = (1, 2)
 
@@ -67,11 +66,23 @@ class PaymentRequest:
 
     kind: PaymentKind
     body: bytes = field(repr=False)
-    #: Address that must sign for this payment (Solana ``feePayer``, ``upto`` facilitator), if any.
-    bound_signer: str | None = None
-    payer: str | None = None
-    #: Stable identity of the signed payment (see :func:`payment_identity`).
-    identity: str = ""
+    #: The payment's kind family (see :mod:`.schemes`) and what it read from the payment.
+    scheme: PaymentScheme = field(repr=False)
+    facts: PaymentFacts
+
+    @property
+    def identity(self) -> str:
+        """Stable identity of the signed payment: the ledger's key, never including the amount."""
+        return self.facts.identity
+
+    @property
+    def payer(self) -> str | None:
+        return self.facts.payer
+
+    @property
+    def bound_signer(self) -> str | None:
+        """Address that must sign for this payment (Solana ``feePayer``, ``upto`` facilitator)."""
+        return self.facts.bound_signer
 
 
 def parse_request(body: bytes, operation: Operation) -> PaymentRequest:
@@ -96,18 +107,9 @@ def parse_request(body: bytes, operation: Operation) -> PaymentRequest:
     _validate(
         _REQUIREMENTS_MODELS[version], requirements, INVALID_REQUIREMENTS, "paymentRequirements"
     )
-    extra = requirements.get("extra")
-    bound = None
-    if isinstance(extra, dict):
-        bound = extra.get("feePayer") or extra.get("facilitatorAddress")
     kind = PaymentKind(version, requirements["scheme"], requirements["network"])
-    return PaymentRequest(
-        kind=kind,
-        body=body,
-        bound_signer=bound if isinstance(bound, str) else None,
-        payer=_payer(payload),
-        identity=payment_identity(kind.network, requirements, payload),
-    )
+    scheme, facts = read_payment(kind.network, requirements, payload)
+    return PaymentRequest(kind=kind, body=body, scheme=scheme, facts=facts)
 
 
 def _version(data: JSONObject, payload: JSONObject) -> int:
@@ -135,40 +137,6 @@ def _validate(model: type[BaseModel], data: JSONObject, reason: str, where: str)
             for e in exc.errors(include_url=False, include_input=False)[:5]
         )
         raise RequestError(reason, problems) from None
-
-
-def payment_identity(network: str, requirements: JSONObject, payload: JSONObject) -> str:
-    """What makes this payment unique: the EVM authorization nonce, else the payload's hash.
-
-    An EIP-3009 nonce can be used once per payer and token, a Permit2 nonce once per owner, so
-    (network, asset, payer, nonce) and (network, payer, nonce) name the payment whatever
-    envelope it travels in.
-    """
-    inner = payload.get("payload")
-    if isinstance(inner, dict):
-        # v1 names and CAIP-2 ids of one chain are one chain: the same authorization sent as
-        # "base-sepolia" and as "eip155:84532" is the same payment.
-        chain = caip2(network)
-        auth = inner.get("authorization")
-        if isinstance(auth, dict) and isinstance(auth.get("from"), str):
-            asset = requirements.get("asset")
-            return f"{chain}|{asset}|{auth['from']}|{auth.get('nonce')}".lower()
-        permit = inner.get("permit2Authorization")
-        if isinstance(permit, dict) and isinstance(permit.get("from"), str):
-            # Permit2 nonces belong to the owner across every token.
-            return f"{chain}|permit2|{permit['from']}|{permit.get('nonce')}".lower()
-    return (
-        "sha256:" + hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()
-    )
-
-
-def _payer(payload: JSONObject) -> str | None:
-    inner = payload.get("payload")
-    if isinstance(inner, dict):
-        auth = inner.get("authorization") or inner.get("permit2Authorization")
-        if isinstance(auth, dict) and isinstance(auth.get("from"), str):
-            return str(auth["from"])
-    return None
 
 
 def network_hint(body: bytes) -> str:

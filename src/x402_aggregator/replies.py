@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from ._types import JSONObject, Operation
+from .outcome import Outcome
 from .protocol import (
     DUPLICATE_SETTLEMENT,
     NO_UPSTREAM_AVAILABLE,
@@ -17,7 +18,6 @@ from .protocol import (
     PaymentRequest,
     failure_body,
 )
-from .upstream import Outcome
 
 logger = logging.getLogger("x402_aggregator")
 

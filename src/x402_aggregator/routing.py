@@ -107,6 +107,10 @@ class Router:
         self._affinity: OrderedDict[str, tuple[str, float]] = OrderedDict()
         self._clock = clock
 
+    def upstream(self, name: str) -> Upstream | None:
+        """The upstream called ``name``, if it is configured (and enabled)."""
+        return next((up for up in self.upstreams if up.name == name), None)
+
     def candidates(self, request: PaymentRequest) -> tuple[Upstream, ...]:
         """Upstreams that can take this payment: known to support it first, then unknown ones."""
         known: list[Upstream] = []

@@ -11,7 +11,6 @@ import gc
 import hmac
 import logging
 import math
-import os
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -28,14 +27,13 @@ from . import logs, metrics, openapi
 from ._types import JSONObject, Operation
 from ._version import __version__
 from .access import AccessControl, access_control, log_refusal
-from .aggregator import Aggregator, ledger_url, webhook_url
-from .auth import authenticator
+from .aggregator import Aggregator
 from .config import Config, load_config
 from .discovery import Discovery, parse_query
 from .endpoints import PATHS, PaymentEndpoints
-from .errors import AggregatorError, ConfigError
+from .errors import AggregatorError
 from .ledger import STATES, LedgerError
-from .settlement import chain_readers
+from .secrets import check_secrets, read_secrets
 
 logger = logging.getLogger("x402_aggregator.server")
 #: Allocations between young-generation collections while serving (CPython's default is 700).
@@ -79,7 +77,8 @@ def create_app(
         aggregator = Aggregator(config)
     engine = aggregator
     # Read (and checked) once at start; None when server.api_keys_env is unset.
-    access = access_control(engine.config.server)
+    secrets = read_secrets(engine.config)
+    access = access_control(engine.config.server, secrets.values)
     # The upstreams' Bazaar catalogues, fetched on first use through the engine's own pool.
     discovery = Discovery(engine.upstreams, engine.transport, engine.config.discovery)
     # What serves requests now: a reload (SIGHUP) swaps both in one step.
@@ -107,8 +106,7 @@ def create_app(
         old = live.engine
         try:
             config = load_config()
-            check_secrets(config)
-            fresh = Aggregator(config)
+            fresh = Aggregator(config, secrets=check_secrets(config))
         except (AggregatorError, ValueError) as exc:  # config, secrets, ledger URL, RPC URL
             logger.error("configuration reload refused, the running one stays: %s", exc)
             return False
@@ -249,7 +247,7 @@ def create_app(
             return _json(404, {"error": "no settlement with this id (it may have expired)"})
         return _json(200, record.public())
 
-    admin_token = _admin_token(engine.config)
+    admin_token = secrets.admin_token
 
     def admin_endpoint(drain: bool) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
@@ -321,31 +319,6 @@ async def _retire(engine: Aggregator, discovery: Discovery, grace_s: float) -> N
     finally:
         await discovery.aclose()
         await engine.aclose()
-
-
-def _admin_token(config: Config) -> str | None:
-    """The admin bearer token, read once at start; None turns the admin API off."""
-    variable = config.admin.token_env
-    if variable is None:
-        return None
-    token = os.environ.get(variable, "")
-    if not token:
-        raise ConfigError(
-            f"admin.token_env names environment variable {variable}, which is not set"
-        )
-    return token
-
-
-def check_secrets(config: Config) -> None:
-    """Fail now, not in a worker, if a secret the configuration names is not set or unusable."""
-    _admin_token(config)
-    access_control(config.server)
-    webhook_url(config.alerts)
-    ledger_url(config)
-    chain_readers(config)
-    for upstream in config.upstreams:
-        if upstream.enabled:
-            authenticator(upstream)  # parses keys and signs one token: a bad key stops start-up
 
 
 def _json(status: int, body: JSONObject) -> Response:

@@ -1,19 +1,13 @@
 """One upstream facilitator: where it is, how to call it, and what its answers mean.
 
-Every call ends in an :class:`Outcome`, never an exception, so the aggregator decides on values:
-
-- ``ok``: the payment is valid / settled;
-- ``rejected``: a definitive answer about the payment (``isValid:false``, ``success:false``);
-- ``retryable``: nothing usable came back and another upstream may be asked;
-- ``ambiguous``: a settle may have moved money and nobody knows yet; never sent elsewhere.
+Every call ends in an :class:`~x402_aggregator.outcome.Outcome`, never an exception, so the
+engine decides on values.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
-from typing import Literal
 
 import orjson
 
@@ -25,11 +19,12 @@ from .config import UpstreamConfig
 from .errors import ConnectionLost, SigningError, TransportError, UpstreamAuthError
 from .health import UpstreamHealth
 from .logs import REQUEST_ID
+from .outcome import Outcome, OutcomeKind
 from .protocol import SETTLEMENT_PENDING, PaymentRequest, normalise_answer, reason_of
+from .secrets import upstream_secrets
 from .stats import UpstreamStats
 from .transport import Transport, UpstreamRequest, UpstreamResponse
 
-OutcomeKind = Literal["ok", "rejected", "retryable", "ambiguous"]
 logger = logging.getLogger("x402_aggregator.upstream")
 
 #: Verify rejections that say more about the upstream than the payment: another may accept it.
@@ -49,38 +44,24 @@ SOFT_VERIFY_REASONS = frozenset(
 EXTENSION_RESPONSES = "EXTENSION-RESPONSES"
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """How one call to one upstream ended."""
-
-    kind: OutcomeKind
-    upstream: str
-    elapsed_s: float
-    status: int | None = None
-    #: The answer in spec shape, when the upstream gave one we may relay: always for ``ok`` and
-    #: ``rejected``; for ``ambiguous`` only a ``settlement_pending`` (which carries the tx hash).
-    answer: JSONObject | None = field(default=None, repr=False)
-    #: The upstream's own bytes, when ``answer`` needed no change and can be forwarded as is.
-    raw: bytes | None = field(default=None, repr=False)
-    #: What went wrong, safe to show (no secrets, no payload).
-    error: str | None = None
-    extension_responses: str | None = field(default=None, repr=False)
-    operation: Operation = "verify"
-    #: The request provably never reached the upstream (refused, connect timeout).
-    never_arrived: bool = False
-
-
 class Upstream:
     """A facilitator we forward to: configuration, credentials and last known capabilities."""
 
     def __init__(
-        self, config: UpstreamConfig, transport: Transport, health: UpstreamHealth | None = None
+        self,
+        config: UpstreamConfig,
+        transport: Transport,
+        health: UpstreamHealth | None = None,
+        *,
+        auth: Authenticator | None = None,
     ) -> None:
         self.config = config
         self.name = config.name
         self._transport = transport
         self._base = config.base_url
-        self._auth = authenticator(config)
+        # Built by the engine from its one read of the secrets; an upstream made on its own
+        # reads just the variables its ``auth`` names.
+        self._auth = auth or authenticator(config, upstream_secrets(config))
         self._headers = {
             "Content-Type": "application/json",
             "Accept": "application/json",

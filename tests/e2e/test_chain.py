@@ -18,16 +18,14 @@ from aiohttp import web
 from eth_utils.abi import function_signature_to_4byte_selector
 from eth_utils.crypto import keccak
 
-from x402_aggregator.chain import (
+from x402_aggregator.chains import PUBLIC_RPCS, Receipt
+from x402_aggregator.chains.evm import (
     AUTHORIZATION_STATE_SELECTOR,
     AUTHORIZATION_USED_TOPIC,
-    PUBLIC_RPCS,
-    V1_NETWORKS,
-    ChainReader,
-    Receipt,
-    caip2,
+    EvmReader,
 )
 from x402_aggregator.errors import ChainError
+from x402_aggregator.networks import V1_NETWORKS, caip2
 from x402_aggregator.testbed.network import TestBed
 from x402_aggregator.testing.live import StalledListener, free_port
 
@@ -36,8 +34,8 @@ SECRET = "/v2/sk-live-0123456789abcdef?apikey=hunter2"
 
 
 @pytest.fixture
-async def reader(testbed: TestBed) -> AsyncIterator[ChainReader]:
-    chain = ChainReader(testbed.chain.rpc_url)
+async def reader(testbed: TestBed) -> AsyncIterator[EvmReader]:
+    chain = EvmReader(testbed.chain.rpc_url)
     yield chain
     await chain.aclose()
 
@@ -76,7 +74,7 @@ def test_networks_map_v1_names_to_caip2_and_every_network_has_a_public_rpc() -> 
 
 
 async def test_an_unused_nonce_is_neither_used_nor_found(
-    testbed: TestBed, reader: ChainReader
+    testbed: TestBed, reader: EvmReader
 ) -> None:
     nonce = "0x" + secrets.token_hex(32)
 
@@ -90,7 +88,7 @@ async def test_an_unused_nonce_is_neither_used_nor_found(
 
 @pytest.mark.parametrize("facilitator", ["python", "typescript"])
 async def test_a_settled_payment_is_used_found_and_its_receipt_succeeded(
-    testbed: TestBed, reader: ChainReader, facilitator: str
+    testbed: TestBed, reader: EvmReader, facilitator: str
 ) -> None:
     """The chain tells exactly what the facilitator said: this nonce, this transaction."""
     payer, nonce, transaction = await settle(testbed, facilitator)
@@ -110,7 +108,7 @@ async def test_a_settled_payment_is_used_found_and_its_receipt_succeeded(
 
 
 async def test_small_windows_walk_back_exactly_lookback_blocks(
-    testbed: TestBed, reader: ChainReader
+    testbed: TestBed, reader: EvmReader
 ) -> None:
     payer, nonce, transaction = await settle(testbed)
     token = testbed.payer.asset
@@ -125,7 +123,7 @@ async def test_small_windows_walk_back_exactly_lookback_blocks(
 
 
 async def test_a_closed_reader_opens_a_new_session_when_used_again(
-    testbed: TestBed, reader: ChainReader
+    testbed: TestBed, reader: EvmReader
 ) -> None:
     nonce = "0x" + secrets.token_hex(32)
     assert (
@@ -139,7 +137,7 @@ async def test_a_closed_reader_opens_a_new_session_when_used_again(
     )
 
 
-async def test_an_unknown_transaction_has_no_receipt(reader: ChainReader) -> None:
+async def test_an_unknown_transaction_has_no_receipt(reader: EvmReader) -> None:
     assert await reader.receipt("0x" + secrets.token_hex(32)) is None
 
 
@@ -161,7 +159,7 @@ async def test_malformed_inputs_are_refused_before_any_request(
     method: str, args: tuple[str, ...], message: str
 ) -> None:
     # A closed port: reaching the network would raise ChainError, not ValueError.
-    reader = ChainReader(f"http://127.0.0.1:{free_port()}")
+    reader = EvmReader(f"http://127.0.0.1:{free_port()}")
     with pytest.raises(ValueError, match=message):
         await getattr(reader, method)(*args)
     with pytest.raises(ValueError, match="positive"):
@@ -172,12 +170,12 @@ async def test_malformed_inputs_are_refused_before_any_request(
 def test_an_rpc_url_must_be_http_with_a_host() -> None:
     for url in ("ws://127.0.0.1:8545", "127.0.0.1:8545", "http://"):
         with pytest.raises(ValueError, match="rpc_url"):
-            ChainReader(url)
+            EvmReader(url)
 
 
 async def test_a_closed_port_is_a_chain_error_naming_only_the_host() -> None:
     port = free_port()
-    reader = ChainReader(f"http://127.0.0.1:{port}{SECRET}")
+    reader = EvmReader(f"http://127.0.0.1:{port}{SECRET}")
     where = f"eth_getTransactionReceipt at http://127.0.0.1:{port}: unreachable"
     try:
         with pytest.raises(ChainError, match=re.escape(where)) as caught:
@@ -190,7 +188,7 @@ async def test_a_closed_port_is_a_chain_error_naming_only_the_host() -> None:
 async def test_a_stalled_rpc_times_out_as_a_chain_error() -> None:
     """aiohttp's own timeout message quotes the full URL; ours must not, nor chain it."""
     stalled = StalledListener()
-    reader = ChainReader(stalled.url + SECRET, timeout_s=0.3)
+    reader = EvmReader(stalled.url + SECRET, timeout_s=0.3)
     try:
         with pytest.raises(ChainError, match=r"unreachable \(\w*Timeout\w*\)") as caught:
             await reader.receipt("0x" + "ab" * 32)
@@ -257,7 +255,7 @@ def result(value: object) -> tuple[int, bytes]:
 async def test_broken_answers_are_chain_errors_naming_only_the_host(
     broken_rpc: Callable[[Replies], str], reply: tuple[int, bytes], message: str
 ) -> None:
-    reader = ChainReader(broken_rpc({"*": reply}))
+    reader = EvmReader(broken_rpc({"*": reply}))
     try:
         with pytest.raises(ChainError, match=message) as caught:
             await reader.authorization_used(TOKEN, WHO, NONCE)
@@ -295,9 +293,7 @@ LOG = {
 async def test_find_authorization_trusts_only_well_formed_matching_logs(
     broken_rpc: Callable[[Replies], str], logs: object, found: object
 ) -> None:
-    reader = ChainReader(
-        broken_rpc({"eth_blockNumber": result("0x10"), "eth_getLogs": result(logs)})
-    )
+    reader = EvmReader(broken_rpc({"eth_blockNumber": result("0x10"), "eth_getLogs": result(logs)}))
     try:
         if found is ChainError:
             with pytest.raises(ChainError, match=re.escape("eth_getLogs at http://127.0.0.1:")):
@@ -312,7 +308,7 @@ async def test_find_authorization_trusts_only_well_formed_matching_logs(
 async def test_a_malformed_block_number_is_a_chain_error(
     broken_rpc: Callable[[Replies], str], block: object
 ) -> None:
-    reader = ChainReader(broken_rpc({"*": result(block)}))
+    reader = EvmReader(broken_rpc({"*": result(block)}))
     try:
         with pytest.raises(ChainError, match="eth_blockNumber"):
             await reader.find_authorization(TOKEN, WHO, NONCE)
@@ -343,7 +339,7 @@ MINED = {
 async def test_receipts_are_parsed_strictly(
     broken_rpc: Callable[[Replies], str], receipt: object, expected: object
 ) -> None:
-    reader = ChainReader(broken_rpc({"*": result(receipt)}))
+    reader = EvmReader(broken_rpc({"*": result(receipt)}))
     try:
         if expected is ChainError:
             with pytest.raises(ChainError, match="eth_getTransactionReceipt"):

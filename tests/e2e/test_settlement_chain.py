@@ -24,7 +24,7 @@ import pytest
 from web3 import Web3
 
 from x402_aggregator.aggregator import Aggregator
-from x402_aggregator.chain import AUTHORIZATION_USED_TOPIC
+from x402_aggregator.chains.evm import AUTHORIZATION_USED_TOPIC
 from x402_aggregator.config import load_config
 from x402_aggregator.server import create_app
 from x402_aggregator.testbed.network import TestBed

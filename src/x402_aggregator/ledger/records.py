@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -10,6 +9,7 @@ import orjson
 
 from .._types import JSONObject
 from ..protocol import PaymentRequest
+from ..schemes import canonical_hash
 
 #: ``pending``: an instance owns the payment and may be talking to an upstream right now.
 #: ``settled``: it moved, ``transaction`` says where. ``failed``: nothing moved, a retry is fresh.
@@ -45,27 +45,17 @@ class Payment:
         """The payment's facts; ``data`` is ``request.body`` already parsed, if at hand."""
         if data is None:
             data = orjson.loads(request.body)
-        payload = data.get("paymentPayload", {})
-        requirements = data.get("paymentRequirements", {})
-        auth = eip3009_authorization(payload)
-        permit = _inner(payload).get("permit2Authorization")
-        valid_before = None
-        if auth is not None:
-            valid_before = _int(auth.get("validBefore"))
-        elif isinstance(permit, dict):
-            valid_before = _int(permit.get("deadline"))
-        nonce = (auth or (permit if isinstance(permit, dict) else {})).get("nonce")
-        asset = requirements.get("asset")
+        facts = request.facts
         return cls(
-            id=request.identity,
+            id=facts.identity,
             network=request.kind.network,
             scheme=request.kind.scheme,
             x402_version=request.kind.version,
-            asset=asset if isinstance(asset, str) else None,
-            payer=request.payer,
-            nonce=nonce if isinstance(nonce, str) else None,
-            valid_before=valid_before,
-            payload_hash=canonical_hash(payload),
+            asset=facts.asset,
+            payer=facts.payer,
+            nonce=facts.nonce,
+            valid_before=facts.valid_before,
+            payload_hash=canonical_hash(data.get("paymentPayload", {})),
             request=request.body,
         )
 
@@ -117,7 +107,7 @@ class AttemptEnd:
 class Record(Payment):
     """A payment as the ledger holds it: what happened to it, and (when asked for) its attempts.
 
-    ``id`` names the payment (see :func:`~x402_aggregator.protocol.payment_identity`).
+    ``id`` names the payment (see :class:`~x402_aggregator.schemes.PaymentFacts`).
     """
 
     state: State
@@ -169,32 +159,6 @@ class Record(Payment):
             "response": _json_or_none(self.response),
             "attempts": [a.public() for a in self.attempts],
         }
-
-
-def eip3009_authorization(payload: Any) -> dict[str, Any] | None:
-    """The EIP-3009 ``authorization`` of an EVM ``exact`` payload, if it is one."""
-    auth = _inner(payload).get("authorization")
-    if isinstance(auth, dict) and isinstance(auth.get("from"), str):
-        return auth
-    return None
-
-
-def canonical_hash(value: Any) -> str:
-    return hashlib.sha256(orjson.dumps(value, option=orjson.OPT_SORT_KEYS)).hexdigest()
-
-
-def _inner(payload: Any) -> dict[str, Any]:
-    inner = payload.get("payload") if isinstance(payload, dict) else None
-    return inner if isinstance(inner, dict) else {}
-
-
-def _int(value: Any) -> int | None:
-    """An integer that fits a BIGINT column, else None (uint256 fields can be larger)."""
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        return None
-    return number if -(2**63) <= number < 2**63 else None
 
 
 def _json_or_none(raw: bytes | None) -> Any:

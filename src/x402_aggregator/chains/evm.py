@@ -1,23 +1,24 @@
-"""Chain evidence for ambiguous settles: a small, read-only EVM JSON-RPC reader.
+"""The EVM chain reader: a small, read-only JSON-RPC client for chain evidence.
 
 When a settle's outcome is unknown (timeout, dropped connection, ``settlement_pending``), the
-token itself is the authority: an EIP-3009 authorization is either used or not, and its
-``AuthorizationUsed`` log names the transaction that used it. Plain JSON-RPC over aiohttp keeps
-this light enough to embed; errors name only the RPC's host, as RPC URLs often carry API keys.
+chain is the authority: an EIP-3009 authorization is either used or not, and its
+``AuthorizationUsed`` log names the transaction that used it; a sent transaction has a receipt
+or not. Plain JSON-RPC over aiohttp keeps this light enough to embed; errors name only the RPC's
+host, as RPC URLs often carry API keys.
 """
 
 from __future__ import annotations
 
 import itertools
 import re
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
 
-from .errors import ChainError
+from ..errors import ChainError
+from .base import Receipt
 
 #: ``authorizationState(address,bytes32)`` of FiatToken / EIP-3009 tokens.
 AUTHORIZATION_STATE_SELECTOR = "0xe94a0102"
@@ -33,35 +34,11 @@ PUBLIC_RPCS: dict[str, str] = {
     "eip155:137": "https://polygon-rpc.com",
     "eip155:80002": "https://rpc-amoy.polygon.technology",
 }
-#: x402 v1 network names -> CAIP-2.
-V1_NETWORKS: dict[str, str] = {
-    "base": "eip155:8453",
-    "base-sepolia": "eip155:84532",
-    "avalanche": "eip155:43114",
-    "avalanche-fuji": "eip155:43113",
-    "polygon": "eip155:137",
-    "polygon-amoy": "eip155:80002",
-}
-
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
 _BYTES32 = re.compile(r"0x[0-9a-fA-F]{64}")
 _QUANTITY = re.compile(r"0x[0-9a-fA-F]{1,64}")
 _STATE = AUTHORIZATION_STATE_SELECTOR
 _HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
-
-
-def caip2(network: str) -> str:
-    """The CAIP-2 id of an x402 network name; CAIP-2 ids and unknown names come back unchanged."""
-    return V1_NETWORKS.get(network, network)
-
-
-@dataclass(frozen=True, slots=True)
-class Receipt:
-    """A mined transaction: enough to tell whether a settle moved the money."""
-
-    transaction: str  # 0x-hash, lowercased
-    succeeded: bool  # receipt status == 1
-    block: int
 
 
 def _hex(value: str, pattern: re.Pattern[str], what: str) -> str:
@@ -86,8 +63,10 @@ def _origin(url: str) -> str:
     return f"{parts.scheme}://{host}:{port}"
 
 
-class ChainReader:
-    """Read-only JSON-RPC client for one chain; owns an aiohttp session made on first use."""
+class EvmReader:
+    """Read-only JSON-RPC client for one EVM chain; owns an aiohttp session made on first use."""
+
+    family = "eip155"
 
     def __init__(self, rpc_url: str, *, timeout_s: float = 5.0) -> None:
         self._url = rpc_url
@@ -97,7 +76,7 @@ class ChainReader:
         self._ids = itertools.count(1)
 
     def __repr__(self) -> str:
-        return f"ChainReader({self._origin!r})"
+        return f"EvmReader({self._origin!r})"
 
     async def authorization_used(self, token: str, authorizer: str, nonce: str) -> bool:
         """Whether ``token`` has consumed this authorization (on ``latest``): the money moved."""
