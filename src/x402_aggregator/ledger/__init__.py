@@ -1,7 +1,8 @@
 """The settlement ledger: every settle on disk before it is sent, one success per payment."""
 
 from ..errors import Fenced, LedgerError
-from .database import Database, connect
+from .base import Database
+from .database import connect
 from .records import STATES, UNRESOLVED, AttemptEnd, AttemptRecord, Payment, Record, State
 from .store import Claim, IdempotentResponse, Ledger
 

@@ -26,7 +26,8 @@ from typing import Any, Literal
 import orjson
 
 from ..errors import Fenced, LedgerError
-from .database import Database, Row, connect
+from .base import Database, Row
+from .database import connect
 from .records import STATES, UNRESOLVED, AttemptEnd, AttemptRecord, Payment, Record, State
 
 logger = logging.getLogger("x402_aggregator.ledger")
