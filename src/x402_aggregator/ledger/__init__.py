@@ -2,9 +2,11 @@
 
 from ..errors import Fenced, LedgerError
 from .base import Database
+from .claims import Claim
 from .database import connect
+from .idempotency import IdempotentResponse
 from .records import STATES, UNRESOLVED, AttemptEnd, AttemptRecord, Payment, Record, State
-from .store import Claim, IdempotentResponse, Ledger
+from .store import Ledger
 
 __all__ = [
     "STATES",
