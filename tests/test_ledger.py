@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from x402_aggregator.ledger import AttemptEnd, Ledger, LedgerError, Payment
-from x402_aggregator.ledger.store import MIGRATIONS
+from x402_aggregator.ledger.schema import MIGRATIONS
 from x402_aggregator.protocol import parse_request
 from x402_aggregator.testing.payloads import v2_body
 from x402_aggregator.testing.postgres import PostgresServer
