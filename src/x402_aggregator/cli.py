@@ -23,7 +23,7 @@ from ._version import __version__
 from .config import CONFIG_ENV, Config, load_config
 from .errors import ConfigError, TransportError, UpstreamAuthError
 from .ledger import STATES, Ledger, LedgerError, Record
-from .ledger.store import MIGRATIONS
+from .ledger.schema import MIGRATIONS
 from .secrets import check_secrets, read_secrets
 from .transport import AiohttpTransport
 from .upstream import Upstream

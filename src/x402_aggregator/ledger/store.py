@@ -28,10 +28,6 @@ from .records import STATES, UNRESOLVED, AttemptEnd, Payment, Record, State
 from .rows import COLUMNS, decode_attempt, decode_record
 from .schema import MIGRATIONS
 
-#: ``MIGRATIONS``, ``Claim`` and ``IdempotentResponse`` are re-exported for older imports
-#: (``cli.py`` reads the schema version from here).
-__all__ = ["MIGRATIONS", "Claim", "IdempotentResponse", "Ledger"]
-
 
 class Ledger:
     """Settlement records in SQLite or PostgreSQL (see :mod:`.database`)."""
