@@ -12,7 +12,7 @@ import httpx
 import orjson
 import pytest
 
-from x402_aggregator.server import GC_THRESHOLD
+from x402_aggregator.live import GC_THRESHOLD
 from x402_aggregator.testing.fake_facilitator import Mode
 from x402_aggregator.testing.live import StalledListener, free_port
 from x402_aggregator.testing.payloads import v1_body, v2_body
