@@ -19,9 +19,9 @@ import pytest
 from x402_aggregator import __version__
 from x402_aggregator.config import load_config
 from x402_aggregator.ledger import AttemptEnd, Ledger, Payment
+from x402_aggregator.localnet.live import free_port
+from x402_aggregator.localnet.payloads import v2_body
 from x402_aggregator.protocol import parse_request
-from x402_aggregator.testing.live import free_port
-from x402_aggregator.testing.payloads import v2_body
 
 from .conftest import FakeFactory
 

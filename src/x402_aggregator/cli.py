@@ -282,8 +282,8 @@ def demo(
     """Run real payments through the aggregator on a local chain with two real facilitators."""
     try:
         from .demo import DemoError, run
-        from .testbed.chain import TestbedSetupError
-        from .testbed.process import ProcessError
+        from .localnet.chain import TestbedSetupError
+        from .localnet.process import ProcessError
     except ImportError as exc:
         err.print(
             f"[red]demo failed:[/red] {exc}: install the test bed with "

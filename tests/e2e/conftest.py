@@ -10,9 +10,9 @@ import pytest
 
 from x402_aggregator.aggregator import Aggregator
 from x402_aggregator.config import load_config
+from x402_aggregator.localnet.live import LiveServer
+from x402_aggregator.localnet.network import TestBed
 from x402_aggregator.server import create_app
-from x402_aggregator.testbed.network import TestBed
-from x402_aggregator.testing.live import LiveServer
 
 
 @pytest.fixture(scope="session")

@@ -28,8 +28,8 @@ from x402_aggregator.chain import (
     caip2,
 )
 from x402_aggregator.errors import ChainError
-from x402_aggregator.testbed.network import TestBed
-from x402_aggregator.testing.live import StalledListener, free_port
+from x402_aggregator.localnet.live import StalledListener, free_port
+from x402_aggregator.localnet.network import TestBed
 
 AMOUNT = 10_000  # 0.01 USDC
 SECRET = "/v2/sk-live-0123456789abcdef?apikey=hunter2"

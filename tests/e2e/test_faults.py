@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from x402_aggregator.testbed.network import TestBed
+from x402_aggregator.localnet.network import TestBed
 
 from .conftest import AggregatorClient
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from x402_aggregator.testbed.process import spawn, wait_for_line
+from x402_aggregator.localnet.process import spawn, wait_for_line
 
 
 def group_alive(pgid: int) -> bool:
@@ -31,7 +31,7 @@ def test_children_die_when_the_process_that_started_them_is_killed() -> None:
     """A test run killed with SIGKILL (no clean-up code runs) leaves no chain behind."""
     script = (
         "import time\n"
-        "from x402_aggregator.testbed.chain import start_chain\n"
+        "from x402_aggregator.localnet.chain import start_chain\n"
         "chain = start_chain(lifetime_s=60)\n"
         "print(chain.child.pid, flush=True)\n"
         "time.sleep(60)\n"
