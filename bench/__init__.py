@@ -5,5 +5,5 @@ the aggregator and nginx), ``faults`` (primary hangs / 500s / stops under load),
 (real payments on the local test bed), ``ledger`` (settles/s and latency by settlement-ledger
 database), ``memory`` (RSS) and ``hotpath`` (py-spy profile).
 Everything listens on 127.0.0.1; every loop is bounded by count or time and every process has a
-bounded lifetime (``x402_aggregator.testbed.process.spawn``).
+bounded lifetime (``x402_aggregator.localnet.process.spawn``).
 """

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from x402_aggregator.testing.live import free_port
+from x402_aggregator.localnet.live import free_port
 
 from .loadgen import LoadResult, Target
 from .loadrun import LoadRun, verify_load

@@ -17,7 +17,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from x402_aggregator.testbed.process import spawn
+from x402_aggregator.localnet.process import spawn
 
 from .loadgen import Target
 from .loadrun import LoadRun, verify_load

@@ -41,9 +41,9 @@ from pathlib import Path
 import orjson
 import psutil  # type: ignore[import-untyped]
 
-from x402_aggregator.testbed.process import Child, spawn, wait_for_line
-from x402_aggregator.testing.payloads import v2_body
-from x402_aggregator.testing.postgres import PostgresServer, postgres_bin_dir
+from tests.postgres import PostgresServer, postgres_bin_dir
+from x402_aggregator.localnet.payloads import v2_body
+from x402_aggregator.localnet.process import Child, spawn, wait_for_line
 
 from .loadgen import START_MARKER, Target
 from .overhead import MAX_GENERATOR_CPU

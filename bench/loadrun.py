@@ -11,8 +11,8 @@ from typing import Any
 
 import orjson
 
-from x402_aggregator.testbed.process import Child, spawn, wait_for_line
-from x402_aggregator.testing.payloads import v2_body
+from x402_aggregator.localnet.payloads import v2_body
+from x402_aggregator.localnet.process import Child, spawn, wait_for_line
 
 from .loadgen import START_MARKER, LoadResult, LoadSpec, Target
 

@@ -10,8 +10,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from x402_aggregator.testbed.process import spawn
-from x402_aggregator.testing.payloads import PAYER
+from x402_aggregator.localnet.payloads import PAYER
+from x402_aggregator.localnet.process import spawn
 
 from .services import HOST, Service, pinned, wait_port
 

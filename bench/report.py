@@ -590,7 +590,7 @@ METHOD = """\
   load core, the same HTTP client; a fixed number of connections each send the next settle when
   the previous answer arrives (one connection for the sequential run). Every request is a new
   payment, its bytes built before the clock starts.
-- **Processes**: everything is started with `x402_aggregator.testbed.process.spawn` (bounded
+- **Processes**: everything is started with `x402_aggregator.localnet.process.spawn` (bounded
   lifetime, own process group, stopped at the end) and listens on 127.0.0.1 only. The aggregator
   is `x402-aggregator serve --config FILE` with `log_level: warning`.
 - The machine is a shared 2-core VM: numbers move between runs by tens of percent; compare rows

@@ -21,8 +21,8 @@ from typing import Any
 import psutil  # type: ignore[import-untyped]
 import yaml
 
-from x402_aggregator.testbed.process import Child, ProcessError, spawn, wait_for_line, wait_until
-from x402_aggregator.testing.live import free_port
+from x402_aggregator.localnet.live import free_port
+from x402_aggregator.localnet.process import Child, ProcessError, spawn, wait_for_line, wait_until
 
 HOST = "127.0.0.1"
 #: The load generator's core and the system under test's core (when there are two).
@@ -86,7 +86,7 @@ def start_fake(
     cpu: int | None = SUT_CPU,
     lifetime_s: float = 600,
 ) -> Service:
-    """``x402_aggregator.testing.fake_facilitator``; returns once it prints ``ready``."""
+    """``x402_aggregator.localnet.fake_facilitator``; returns once it prints ``ready``."""
     return start_fakes(
         [name], workdir, latency_ms=latency_ms, port=port, cpu=cpu, lifetime_s=lifetime_s
     )[0]
@@ -125,7 +125,7 @@ def _spawn_fake(
     argv = [
         sys.executable,
         "-m",
-        "x402_aggregator.testing.fake_facilitator",
+        "x402_aggregator.localnet.fake_facilitator",
         "--name",
         name,
         "--port",

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 
-from x402_aggregator.testbed.network import TestBed
+from x402_aggregator.localnet.network import TestBed
 
 from .services import start_aggregator
 from .settings import Settings

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from x402_aggregator.testing.live import free_port
+from x402_aggregator.localnet.live import free_port
 
 from . import nginx, wrk
 from .services import HOST, SUT_CPU, Service, pinning_available, start_aggregator

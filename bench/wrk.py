@@ -17,8 +17,8 @@ from pathlib import Path
 import orjson
 import psutil  # type: ignore[import-untyped]
 
-from x402_aggregator.testbed.process import spawn
-from x402_aggregator.testing.payloads import v2_body
+from x402_aggregator.localnet.payloads import v2_body
+from x402_aggregator.localnet.process import spawn
 
 from .services import LOAD_CPU, pinned
 

@@ -17,11 +17,11 @@ import httpx
 from playwright.sync_api import sync_playwright
 
 from x402_aggregator.config import load_config
+from x402_aggregator.localnet.browser import CHROMIUM, CHROMIUM_ARGS
+from x402_aggregator.localnet.fake_facilitator import FakeFacilitator, Mode
+from x402_aggregator.localnet.live import LiveServer
+from x402_aggregator.localnet.payloads import v1_body, v2_body
 from x402_aggregator.server import create_app
-from x402_aggregator.testing.browser import CHROMIUM, CHROMIUM_ARGS
-from x402_aggregator.testing.fake_facilitator import FakeFacilitator, Mode
-from x402_aggregator.testing.live import LiveServer
-from x402_aggregator.testing.payloads import v1_body, v2_body
 
 TRAFFIC_S = 21.0
 SETTLES_UNTIL_S = 19.0  # verifies only after this, so the last settlements stay on screen

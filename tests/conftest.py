@@ -9,12 +9,12 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.postgres import PostgresServer
 from x402_aggregator.aggregator import Aggregator
 from x402_aggregator.config import load_config
+from x402_aggregator.localnet.fake_facilitator import FakeFacilitator
+from x402_aggregator.localnet.live import LiveServer
 from x402_aggregator.server import create_app
-from x402_aggregator.testing.fake_facilitator import FakeFacilitator
-from x402_aggregator.testing.live import LiveServer
-from x402_aggregator.testing.postgres import PostgresServer
 
 FakeFactory = Callable[..., FakeFacilitator]
 

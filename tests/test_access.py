@@ -16,10 +16,10 @@ from x402.http import HTTPFacilitatorClient
 from x402_aggregator.access import AccessControl, TokenBucket, parse_keys
 from x402_aggregator.config import load_config
 from x402_aggregator.errors import ConfigError
+from x402_aggregator.localnet.fake_facilitator import FakeFacilitator
+from x402_aggregator.localnet.payloads import v2_body
 from x402_aggregator.secrets import check_secrets
 from x402_aggregator.server import create_app
-from x402_aggregator.testing.fake_facilitator import FakeFacilitator
-from x402_aggregator.testing.payloads import v2_body
 
 from .conftest import AggregatorFactory, FakeFactory, Running, upstream_entry
 from .test_openapi import response_schema, validator

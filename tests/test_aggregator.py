@@ -18,7 +18,7 @@ from x402_aggregator.errors import (
     ReadTimeout,
     TransportError,
 )
-from x402_aggregator.testing.payloads import PAYER, v1_body, v2_body
+from x402_aggregator.localnet.payloads import PAYER, v1_body, v2_body
 from x402_aggregator.transport import HandlerTransport, UpstreamRequest, UpstreamResponse
 
 NETWORK = "eip155:84532"

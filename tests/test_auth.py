@@ -36,11 +36,11 @@ from x402_aggregator.auth import (
 )
 from x402_aggregator.config import CdpAuth, PayaiAuth, UpstreamConfig, load_config
 from x402_aggregator.errors import ConfigError, SigningError
+from x402_aggregator.localnet.jwt_facilitator import JwtFacilitator, PublicKey, Scheme
+from x402_aggregator.localnet.live import free_port
+from x402_aggregator.localnet.payloads import v2_body
 from x402_aggregator.protocol import parse_request
 from x402_aggregator.secrets import check_secrets
-from x402_aggregator.testing.jwt_facilitator import JwtFacilitator, PublicKey, Scheme
-from x402_aggregator.testing.live import free_port
-from x402_aggregator.testing.payloads import v2_body
 from x402_aggregator.transport import HandlerTransport, UpstreamRequest, UpstreamResponse
 from x402_aggregator.upstream import Upstream
 

@@ -19,9 +19,9 @@ import pytest
 from x402_aggregator import __version__
 from x402_aggregator.config import load_config
 from x402_aggregator.ledger import AttemptEnd, Ledger, Payment
+from x402_aggregator.localnet.live import free_port
+from x402_aggregator.localnet.payloads import v2_body
 from x402_aggregator.protocol import parse_request
-from x402_aggregator.testing.live import free_port
-from x402_aggregator.testing.payloads import v2_body
 
 from .conftest import FakeFactory
 
@@ -256,3 +256,41 @@ def test_init_writes_a_starter_config_that_loads_and_never_overwrites(tmp_path: 
     assert "exists" in again.stderr
     assert forced.returncode == 0
     assert "upstreams:" in target.read_text()
+
+
+def test_demo_without_the_test_bed_prints_the_install_command_intact() -> None:
+    """Without the test bed's packages, demo exits 1 naming `pip install -e '.[testbed]'` intact."""
+    # None in sys.modules makes `import eth_account` fail, as when the extra is not installed.
+    script = (
+        "import sys\n"
+        "sys.modules['eth_account'] = None\n"
+        "from x402_aggregator.cli import main\n"
+        "sys.argv = ['x402-aggregator', 'demo']\n"
+        "main()\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "200"},
+        check=False,
+    )
+
+    assert result.returncode == 1, result.stderr
+    message = " ".join(result.stderr.split())
+    assert "demo failed:" in message
+    assert "`pip install -e '.[testbed]'` and `npm ci`" in message
+    assert "Traceback" not in result.stderr
+
+
+def test_demo_failure_messages_keep_their_brackets(tmp_path: Path) -> None:
+    """A demo failure is printed as it was raised: brackets in it are not taken for markup."""
+    missing = tmp_path / "[modules]"
+
+    result = run("demo", env={"X402_TESTBED_NODE_MODULES": str(missing)})
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    message = " ".join(result.stdout.split())
+    assert f"anvil is not installed at {missing}/" in message
+    assert "Traceback" not in result.stderr

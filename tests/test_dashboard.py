@@ -9,8 +9,8 @@ from urllib.parse import urlsplit
 import pytest
 from playwright.sync_api import Browser, Locator, Page, Playwright, Request, expect, sync_playwright
 
-from x402_aggregator.testing.browser import CHROMIUM, CHROMIUM_ARGS
-from x402_aggregator.testing.payloads import v2_body
+from x402_aggregator.localnet.browser import CHROMIUM, CHROMIUM_ARGS
+from x402_aggregator.localnet.payloads import v2_body
 
 from .conftest import AggregatorFactory, FakeFactory, Running
 

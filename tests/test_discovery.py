@@ -20,7 +20,7 @@ from x402_aggregator.discovery import (
     parse_query,
     updated_at,
 )
-from x402_aggregator.testing.fake_facilitator import Mode
+from x402_aggregator.localnet.fake_facilitator import Mode
 from x402_aggregator.transport import (
     Handler,
     HandlerTransport,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from x402_aggregator.testing.fake_facilitator import FakeFacilitator, Mode
-from x402_aggregator.testing.payloads import v2_body
+from x402_aggregator.localnet.fake_facilitator import FakeFacilitator, Mode
+from x402_aggregator.localnet.payloads import v2_body
 
 from .conftest import AggregatorFactory, FakeFactory, upstream_entry
 

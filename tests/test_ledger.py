@@ -10,11 +10,11 @@ from pathlib import Path
 import orjson
 import pytest
 
+from tests.postgres import PostgresServer
 from x402_aggregator.ledger import AttemptEnd, Ledger, LedgerError, Payment
 from x402_aggregator.ledger.schema import MIGRATIONS
+from x402_aggregator.localnet.payloads import v2_body
 from x402_aggregator.protocol import parse_request
-from x402_aggregator.testing.payloads import v2_body
-from x402_aggregator.testing.postgres import PostgresServer
 
 Opener = Callable[..., Ledger]
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from x402_aggregator.testing.fake_facilitator import Mode
-from x402_aggregator.testing.live import free_port
-from x402_aggregator.testing.payloads import v2_body
+from x402_aggregator.localnet.fake_facilitator import Mode
+from x402_aggregator.localnet.live import free_port
+from x402_aggregator.localnet.payloads import v2_body
 
 from .conftest import AggregatorFactory, FakeFactory
 

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
+from x402_aggregator.localnet.fake_facilitator import Mode
+from x402_aggregator.localnet.payloads import v2_body
 from x402_aggregator.logs import JSONFormatter
-from x402_aggregator.testing.fake_facilitator import Mode
-from x402_aggregator.testing.payloads import v2_body
 
 from .conftest import AggregatorFactory, FakeFactory
 

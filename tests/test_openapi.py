@@ -14,9 +14,9 @@ from jsonschema import Draft202012Validator
 
 from x402_aggregator import ledger, metrics, openapi
 from x402_aggregator._version import __version__
+from x402_aggregator.localnet.fake_facilitator import Mode
+from x402_aggregator.localnet.payloads import v2_body
 from x402_aggregator.server import create_app
-from x402_aggregator.testing.fake_facilitator import Mode
-from x402_aggregator.testing.payloads import v2_body
 
 from .conftest import AggregatorFactory, FakeFactory
 

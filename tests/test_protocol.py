@@ -10,6 +10,7 @@ import pytest
 
 from x402_aggregator._types import Operation
 from x402_aggregator.errors import RequestError
+from x402_aggregator.localnet.payloads import PAYER, USDC_BASE_SEPOLIA, v1_body, v2_body
 from x402_aggregator.protocol import (
     INVALID_PAYLOAD,
     INVALID_REQUIREMENTS,
@@ -23,7 +24,6 @@ from x402_aggregator.protocol import (
     parse_request,
     reason_of,
 )
-from x402_aggregator.testing.payloads import PAYER, USDC_BASE_SEPOLIA, v1_body, v2_body
 
 NETWORK = "eip155:84532"
 TX = "0x" + "ab" * 32

@@ -12,6 +12,7 @@ from x402_aggregator._types import Operation
 from x402_aggregator.capabilities import parse_supported
 from x402_aggregator.config import RoutingConfig, UpstreamConfig
 from x402_aggregator.health import UpstreamHealth
+from x402_aggregator.localnet.payloads import v2_body
 from x402_aggregator.outlier import OutlierPolicy
 from x402_aggregator.protocol import PaymentRequest, parse_request
 from x402_aggregator.routing import (
@@ -21,7 +22,6 @@ from x402_aggregator.routing import (
     Router,
     WeightedStrategy,
 )
-from x402_aggregator.testing.payloads import v2_body
 from x402_aggregator.transport import HandlerTransport, UpstreamRequest, UpstreamResponse
 from x402_aggregator.upstream import Upstream
 

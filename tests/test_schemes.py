@@ -8,13 +8,13 @@ import orjson
 import pytest
 
 from x402_aggregator.chains import EvmReader
+from x402_aggregator.localnet.payloads import PAYER, USDC_BASE_SEPOLIA, v2_body
 from x402_aggregator.protocol import parse_request
 from x402_aggregator.schemes import SCHEMES, PaymentFacts, read_payment
 from x402_aggregator.schemes.base import EXPIRY_MARGIN_S, unused
 from x402_aggregator.schemes.evm_eip3009 import Eip3009Scheme
 from x402_aggregator.schemes.evm_permit2 import Permit2Scheme
 from x402_aggregator.schemes.opaque import OpaqueScheme
-from x402_aggregator.testing.payloads import PAYER, USDC_BASE_SEPOLIA, v2_body
 
 NONCE = "0x" + "22" * 32
 FEE_PAYER = "CKPKJWNdJEqa81x7CkZ14BVPiY6y16Sxs7owznqtWYp5"

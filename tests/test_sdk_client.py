@@ -7,8 +7,8 @@ from x402.http import FacilitatorConfig, HTTPFacilitatorClient
 from x402.schemas import PaymentPayload, PaymentRequirements
 from x402.schemas.v1 import PaymentPayloadV1, PaymentRequirementsV1
 
-from x402_aggregator.testing.fake_facilitator import Mode
-from x402_aggregator.testing.payloads import v1_body, v2_body
+from x402_aggregator.localnet.fake_facilitator import Mode
+from x402_aggregator.localnet.payloads import v1_body, v2_body
 
 from .conftest import AggregatorFactory, FakeFactory
 

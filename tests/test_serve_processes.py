@@ -17,10 +17,10 @@ import httpx
 import pytest
 import yaml
 
-from x402_aggregator.testing.fake_facilitator import FakeFacilitator, Mode
-from x402_aggregator.testing.live import free_port
-from x402_aggregator.testing.payloads import v2_body
-from x402_aggregator.testing.postgres import PostgresServer
+from tests.postgres import PostgresServer
+from x402_aggregator.localnet.fake_facilitator import FakeFacilitator, Mode
+from x402_aggregator.localnet.live import free_port
+from x402_aggregator.localnet.payloads import v2_body
 
 from .conftest import FakeFactory
 

@@ -13,9 +13,9 @@ import orjson
 import pytest
 
 from x402_aggregator.live import GC_THRESHOLD
-from x402_aggregator.testing.fake_facilitator import Mode
-from x402_aggregator.testing.live import StalledListener, free_port
-from x402_aggregator.testing.payloads import v1_body, v2_body
+from x402_aggregator.localnet.fake_facilitator import Mode
+from x402_aggregator.localnet.live import StalledListener, free_port
+from x402_aggregator.localnet.payloads import v1_body, v2_body
 
 from .conftest import AggregatorFactory, FakeFactory, upstream_entry
 

@@ -14,11 +14,11 @@ import httpx
 import orjson
 import pytest
 
+from tests.postgres import PostgresServer
 from x402_aggregator import Aggregator, load_config
 from x402_aggregator.ledger import Ledger
-from x402_aggregator.testing.fake_facilitator import FakeFacilitator, Mode
-from x402_aggregator.testing.payloads import v2_body
-from x402_aggregator.testing.postgres import PostgresServer
+from x402_aggregator.localnet.fake_facilitator import FakeFacilitator, Mode
+from x402_aggregator.localnet.payloads import v2_body
 
 from .conftest import AggregatorFactory, FakeFactory, Running, upstream_entry
 

@@ -18,9 +18,9 @@ from x402_aggregator.errors import (
     ReadTimeout,
     TransportError,
 )
+from x402_aggregator.localnet.payloads import PAYER, v2_body
 from x402_aggregator.outcome import Outcome
 from x402_aggregator.protocol import PaymentKind, PaymentRequest, parse_request
-from x402_aggregator.testing.payloads import PAYER, v2_body
 from x402_aggregator.transport import HandlerTransport, UpstreamRequest, UpstreamResponse
 from x402_aggregator.upstream import EXTENSION_RESPONSES, SOFT_VERIFY_REASONS, Upstream
 

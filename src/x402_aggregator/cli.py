@@ -16,6 +16,7 @@ import orjson
 import typer
 import uvicorn
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from . import logs
@@ -281,21 +282,19 @@ def demo(
     """Run real payments through the aggregator on a local chain with two real facilitators."""
     try:
         from .demo import DemoError, run
-        from .testbed.chain import TestbedSetupError
-        from .testbed.process import ProcessError
+        from .localnet.chain import TestbedSetupError
+        from .localnet.process import ProcessError
     except ImportError as exc:
-        err.print(
-            f"[red]demo failed:[/red] {exc}: install the test bed with "
-            "`pip install -e '.[testbed]'` and `npm ci`",
-            highlight=False,
-        )
+        # Escaped: rich would take "[testbed]" for a style tag and print "pip install -e '.'".
+        hint = escape(f"{exc}: install the test bed with `pip install -e '.[testbed]'`")
+        err.print(f"[red]demo failed:[/red] {hint} and `npm ci`", highlight=False)
         raise typer.Exit(1) from None
 
     console = Console()
     try:
         summary = run(console, payments=payments, port=port, keep=keep)
     except (DemoError, TestbedSetupError, ProcessError) as exc:
-        console.print(f"[red]demo failed:[/red] {exc}", highlight=False)
+        console.print(f"[red]demo failed:[/red] {escape(str(exc))}", highlight=False)
         raise typer.Exit(1) from None
     print(summary, flush=True)  # one unwrapped line: scripts look for "demo ok:"
 

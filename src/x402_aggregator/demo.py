@@ -20,10 +20,10 @@ from rich.table import Table
 
 from .aggregator import Aggregator
 from .config import load_config
+from .localnet.chain import USDC_DECIMALS
+from .localnet.live import LiveServer
+from .localnet.network import TestBed
 from .server import create_app
-from .testbed.chain import USDC_DECIMALS
-from .testbed.network import TestBed
-from .testing.live import LiveServer
 
 AMOUNT = 10_000  # 0.01 USDC
 PRIMARY, BACKUP = "python", "typescript"

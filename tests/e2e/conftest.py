@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -10,9 +11,9 @@ import pytest
 
 from x402_aggregator.aggregator import Aggregator
 from x402_aggregator.config import load_config
+from x402_aggregator.localnet.live import LiveServer
+from x402_aggregator.localnet.network import TestBed
 from x402_aggregator.server import create_app
-from x402_aggregator.testbed.network import TestBed
-from x402_aggregator.testing.live import LiveServer
 
 
 @pytest.fixture(scope="session")
@@ -43,3 +44,14 @@ def through(testbed: TestBed) -> Iterator[AggregatorClient]:
     for server, client in started:
         client.close()
         server.stop()
+
+
+def wait_healthy(client: httpx.Client, name: str, timeout_s: float = 20) -> None:
+    """Wait until the aggregator behind ``client`` reports upstream ``name`` healthy in /status."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        [entry] = [up for up in client.get("/status").json()["upstreams"] if up["name"] == name]
+        if entry["state"] == "healthy":
+            return
+        assert time.monotonic() < deadline, f"{name} not healthy after {timeout_s:g} s: {entry}"
+        time.sleep(0.1)

@@ -25,9 +25,9 @@ from x402_aggregator.chains.evm import (
     EvmReader,
 )
 from x402_aggregator.errors import ChainError
+from x402_aggregator.localnet.live import StalledListener, free_port
+from x402_aggregator.localnet.network import TestBed
 from x402_aggregator.networks import V1_NETWORKS, caip2
-from x402_aggregator.testbed.network import TestBed
-from x402_aggregator.testing.live import StalledListener, free_port
 
 AMOUNT = 10_000  # 0.01 USDC
 SECRET = "/v2/sk-live-0123456789abcdef?apikey=hunter2"

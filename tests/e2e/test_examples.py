@@ -42,15 +42,15 @@ from x402.mechanisms.evm.exact import register_exact_evm_client
 from x402.schemas import PaymentRequirements
 
 from x402_aggregator.config import load_config
-from x402_aggregator.testbed.chain import (
+from x402_aggregator.localnet.chain import (
     NETWORK,
     USDC_NAME,
     USDC_VERSION,
     node_modules,
     payer_account,
 )
-from x402_aggregator.testbed.network import TestBed
-from x402_aggregator.testing.live import LiveServer, free_port
+from x402_aggregator.localnet.live import LiveServer, free_port
+from x402_aggregator.localnet.network import TestBed
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 PRICE = 10_000  # 0.01 USDC

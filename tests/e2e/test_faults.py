@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 
-from x402_aggregator.testbed.network import TestBed
+from x402_aggregator.localnet.network import TestBed
 
-from .conftest import AggregatorClient
+from .conftest import AggregatorClient, wait_healthy
 
 AMOUNT = 10_000
 
@@ -40,6 +40,8 @@ def test_a_restarted_facilitator_serves_again(testbed: TestBed, through: Aggrega
     client = through("python", "typescript")
     testbed.kill("python")
     testbed.restart("python")
+    # Probes may have seen it down meanwhile: it is routed to again once they see it back up.
+    wait_healthy(client, "python")
     payment = testbed.payer.pay(testbed.pay_to, AMOUNT)
 
     settled = client.post("/settle", json=payment.body)

@@ -9,7 +9,7 @@ import concurrent.futures
 
 import pytest
 
-from x402_aggregator.testbed.network import TestBed
+from x402_aggregator.localnet.network import TestBed
 
 from .conftest import AggregatorClient
 

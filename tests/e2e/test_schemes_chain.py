@@ -10,10 +10,10 @@ import orjson
 import pytest
 
 from x402_aggregator.chains import EvmReader
+from x402_aggregator.localnet.network import TestBed
 from x402_aggregator.protocol import PaymentRequest, parse_request
 from x402_aggregator.schemes import Evidence
 from x402_aggregator.schemes.base import EXPIRY_MARGIN_S
-from x402_aggregator.testbed.network import TestBed
 
 AMOUNT = 10_000
 

@@ -30,9 +30,9 @@ from x402.mechanisms.evm import EthAccountSigner
 from x402.mechanisms.evm.exact import ExactEvmServerScheme, register_exact_evm_client
 
 from x402_aggregator import AggregatorClient, AggregatorClientSync, load_config
-from x402_aggregator.testbed.chain import NETWORK, USDC_NAME, USDC_VERSION, payer_account
-from x402_aggregator.testbed.network import TestBed
-from x402_aggregator.testing.live import LiveServer
+from x402_aggregator.localnet.chain import NETWORK, USDC_NAME, USDC_VERSION, payer_account
+from x402_aggregator.localnet.live import LiveServer
+from x402_aggregator.localnet.network import TestBed
 
 PRICE = 10_000
 

@@ -26,10 +26,10 @@ from web3 import Web3
 from x402_aggregator.aggregator import Aggregator
 from x402_aggregator.chains.evm import AUTHORIZATION_USED_TOPIC
 from x402_aggregator.config import load_config
+from x402_aggregator.localnet.live import LiveServer
+from x402_aggregator.localnet.network import TestBed
+from x402_aggregator.localnet.payer import Payment
 from x402_aggregator.server import create_app
-from x402_aggregator.testbed.network import TestBed
-from x402_aggregator.testbed.payer import Payment
-from x402_aggregator.testing.live import LiveServer
 
 AMOUNT = 10_000
 NETWORK = "eip155:84532"

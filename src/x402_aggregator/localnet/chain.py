@@ -22,7 +22,7 @@ from eth_account.signers.local import LocalAccount
 from web3 import Web3
 from web3.contract import Contract
 
-from ..testing.live import free_port
+from .live import free_port
 from .process import Child, spawn, wait_until
 
 CHAIN_ID = 84532  # Base Sepolia's id, so v1 payloads naming "base-sepolia" work too

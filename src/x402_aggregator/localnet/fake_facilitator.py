@@ -496,7 +496,7 @@ def _halt(loop: asyncio.AbstractEventLoop, thread: threading.Thread) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one fake in the foreground (for benchmarks and the demo); prints `ready <url>`."""
-    parser = argparse.ArgumentParser(prog="python -m x402_aggregator.testing.fake_facilitator")
+    parser = argparse.ArgumentParser(prog="python -m x402_aggregator.localnet.fake_facilitator")
     parser.add_argument("--name", default="fake")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from x402_aggregator.testbed.chain import (
+from x402_aggregator.localnet.chain import (
     NETWORK,
     PAY_TO,
     V1_NETWORK,
@@ -25,13 +25,13 @@ from x402_aggregator.testbed.chain import (
     payer_account,
     start_chain,
 )
-from x402_aggregator.testbed.facilitators import (
+from x402_aggregator.localnet.facilitators import (
     Facilitator,
     start_python_facilitator,
     start_ts_facilitator,
     wait_ready,
 )
-from x402_aggregator.testbed.payer import Payer, Payment
+from x402_aggregator.localnet.payer import Payer, Payment
 
 KINDS = ["python", "typescript"]
 AMOUNT = 10_000  # 0.01 USDC

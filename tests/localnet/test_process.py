@@ -1,13 +1,16 @@
-"""Test bed processes never outlive whoever started them."""
+"""Test bed processes never outlive the process that started them, nor die with its threads."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import threading
 import time
 
-from x402_aggregator.testbed.process import spawn, wait_for_line
+from x402_aggregator.localnet.process import Child, spawn, wait_for_line
+
+SLEEPER = [sys.executable, "-c", "print('up', flush=True); import time; time.sleep(60)"]
 
 
 def group_alive(pgid: int) -> bool:
@@ -31,7 +34,7 @@ def test_children_die_when_the_process_that_started_them_is_killed() -> None:
     """A test run killed with SIGKILL (no clean-up code runs) leaves no chain behind."""
     script = (
         "import time\n"
-        "from x402_aggregator.testbed.chain import start_chain\n"
+        "from x402_aggregator.localnet.chain import start_chain\n"
         "chain = start_chain(lifetime_s=60)\n"
         "print(chain.child.pid, flush=True)\n"
         "time.sleep(60)\n"
@@ -57,7 +60,7 @@ def test_children_end_by_themselves_after_their_lifetime() -> None:
     """A child's lifetime bounds it even if nobody ever stops it."""
     child = spawn(
         "sleeper",
-        [sys.executable, "-c", "print('up', flush=True); import time; time.sleep(60)"],
+        SLEEPER,
         lifetime_s=1,
     )
     wait_for_line(child, "up", timeout_s=10)
@@ -70,7 +73,7 @@ def test_stop_ends_the_whole_process_group() -> None:
     """stop() ends the wrapper and the command it runs, and can be called twice."""
     child = spawn(
         "sleeper",
-        [sys.executable, "-c", "print('up', flush=True); import time; time.sleep(60)"],
+        SLEEPER,
         lifetime_s=60,
     )
     wait_for_line(child, "up", timeout_s=10)
@@ -79,3 +82,24 @@ def test_stop_ends_the_whole_process_group() -> None:
     child.stop()
 
     assert not group_alive(child.pid)
+
+
+def test_children_outlive_the_thread_that_started_them() -> None:
+    """A child started from a short-lived thread keeps running after that thread has ended."""
+    started: list[Child] = []
+    starter = threading.Thread(
+        target=lambda: started.append(spawn("sleeper", SLEEPER, lifetime_s=60))
+    )
+    starter.start()
+    starter.join(timeout=10)
+    [child] = started
+    try:
+        time.sleep(1.5)  # the parent-death signal used to arrive well within this
+
+        assert child.alive(), (
+            f"the child ended with {child.process.returncode}:\n{child.log_tail()}"
+        )
+        wait_for_line(child, "up", timeout_s=10)
+    finally:
+        child.stop()
+    assert wait_gone(child.pid)

@@ -5,7 +5,7 @@ payments on a real chain but ships no HTTP server, so this wraps it in a small F
 the SDK's own examples do. Handlers are plain ``def``: the web3 signer blocks, and FastAPI runs such
 handlers in its thread pool, where the signer's nonce lock keeps concurrent settles safe.
 
-Run: ``FACILITATOR_PRIVATE_KEY=0x.. python -m x402_aggregator.testbed.py_facilitator --port P
+Run: ``FACILITATOR_PRIVATE_KEY=0x.. python -m x402_aggregator.localnet.py_facilitator --port P
 --rpc-url URL``; it prints ``ready http://127.0.0.1:P`` once it accepts connections.
 """
 
@@ -40,7 +40,7 @@ from ..protocol import failure_body
 from .chain import NETWORK
 
 HOST = "127.0.0.1"
-logger = logging.getLogger("x402_aggregator.testbed.py_facilitator")
+logger = logging.getLogger("x402_aggregator.localnet.py_facilitator")
 
 Parsed = tuple[PaymentPayload | PaymentPayloadV1, PaymentRequirements | PaymentRequirementsV1]
 

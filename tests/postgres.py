@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 
-from .live import free_port
+from x402_aggregator.localnet.live import free_port
 
 #: The bootstrap superuser initdb creates, and the database start() creates for it.
 USER = "x402"
@@ -217,7 +217,7 @@ class PostgresServer:
         # PGOPTIONS, PGPASSWORD...) and a cwd the postgres user can enter.
         env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
         env["LC_ALL"] = "C"
-        return subprocess.run(  # noqa: S603 - our own argv, no shell
+        return subprocess.run(
             self._command(program, *args),
             cwd=self._tmp_dir,
             env=env,
@@ -358,7 +358,7 @@ class PostgresServer:
             raise RuntimeError(f"{psql} not found: {_INSTALL_HINT}")
         # psql is a client: it runs as us, over TCP (the only thing pg_hba.conf lets in).
         env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-        result = subprocess.run(  # noqa: S603 - our own argv, no shell
+        result = subprocess.run(
             [
                 str(psql),
                 "--no-psqlrc",

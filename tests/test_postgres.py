@@ -9,7 +9,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from x402_aggregator.testing.postgres import PostgresServer, postgres_bin_dir
+from tests.postgres import PostgresServer, postgres_bin_dir
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from x402_aggregator.testing.fake_facilitator import Behaviour, FakeFacilitator, Mode
+from x402_aggregator.localnet.fake_facilitator import Behaviour, FakeFacilitator, Mode
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -470,7 +470,7 @@ def read_ready_line(proc: subprocess.Popen[str], timeout: float = 15.0) -> str:
 
 
 def spawn(*args: str) -> subprocess.Popen[str]:
-    module = "x402_aggregator.testing.fake_facilitator"
+    module = "x402_aggregator.localnet.fake_facilitator"
     return subprocess.Popen(
         [sys.executable, "-m", module, "--name", "sub", "--port", "0", *args],
         stdout=subprocess.PIPE,

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from ..testing.live import free_port
 from .chain import PYTHON_FACILITATOR, TS_FACILITATOR, TestbedSetupError, dev_account, node_modules
+from .live import free_port
 from .process import Child, spawn, wait_for_line
 
 HOST = "127.0.0.1"
@@ -100,7 +100,7 @@ def start_python_facilitator(
         [
             sys.executable,
             "-m",
-            "x402_aggregator.testbed.py_facilitator",
+            "x402_aggregator.localnet.py_facilitator",
             "--port",
             str(port),
             "--rpc-url",
