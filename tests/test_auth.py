@@ -372,7 +372,7 @@ def test_the_server_refuses_alg_none_and_a_cdp_token_without_nonce(jwt_fakes: Jw
     server = jwt_fakes(key)
     now = int(time.time())
     claims = claims_for(key, server, "POST", "/verify", now)
-    unsigned = jwt.encode(claims, None, algorithm="none", headers={"kid": KEY_ID})
+    unsigned = jwt.encode(claims, "", algorithm="none", headers={"kid": KEY_ID})
     no_nonce = jwt.encode(claims, key.private, algorithm="ES256", headers={"kid": KEY_ID})
 
     assert post(server, "/verify", unsigned).status_code == 401
@@ -615,7 +615,7 @@ def test_reprs_and_signing_errors_show_no_secret() -> None:
     def broken(*args: Any, **kwargs: Any) -> str:
         raise ValueError(f"cannot sign with {key.secret}")
 
-    auth._encode = broken  # type: ignore[method-assign]
+    auth._encode = broken
     auth._cache.clear()
     with pytest.raises(SigningError) as caught:
         auth.headers("POST", "u")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from x402_aggregator._types import Operation
 from x402_aggregator.localnet.fake_facilitator import FakeFacilitator, Mode
 from x402_aggregator.localnet.payloads import v2_body
 
@@ -38,7 +39,7 @@ SETTLE = {
 }
 
 
-def break_first(first: FakeFacilitator, fault: Mode | str, operation: str) -> None:
+def break_first(first: FakeFacilitator, fault: Mode | str, operation: Operation) -> None:
     if fault == "down":
         first.stop()
     else:
@@ -52,7 +53,7 @@ def test_fault_matrix(
     fakes: FakeFactory,
     aggregator: AggregatorFactory,
     fault: Mode | str,
-    operation: str,
+    operation: Operation,
     count: int,
 ) -> None:
     """The caller gets the right answer from the right upstream, whatever the first one does."""

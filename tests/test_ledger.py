@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -16,7 +17,7 @@ from x402_aggregator.ledger.schema import MIGRATIONS
 from x402_aggregator.localnet.payloads import v2_body
 from x402_aggregator.protocol import parse_request
 
-Opener = Callable[..., Ledger]
+Opener = Callable[..., Awaitable[Ledger]]
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -38,12 +39,12 @@ async def ledgers(url: str) -> AsyncIterator[Opener]:
         opened.append(ledger)
         return ledger
 
-    yield _open  # type: ignore[misc]
+    yield _open
     for ledger in opened:
         await ledger.aclose()
 
 
-def payment(valid_for_s: int = 300, **overrides: object) -> Payment:
+def payment(valid_for_s: int = 300, **overrides: Any) -> Payment:
     body = orjson.dumps(v2_body(valid_before=int(time.time()) + valid_for_s, **overrides))
     return Payment.of(parse_request(body, "settle"))
 

@@ -29,11 +29,16 @@ def test_demo_keep_runs_until_interrupted() -> None:
     )
     lines: queue.Queue[str] = queue.Queue()
     assert process.stdout is not None
-    reader = threading.Thread(target=lambda: [lines.put(x) for x in process.stdout or ()])
+
+    def read() -> None:
+        for line in process.stdout or ():
+            lines.put(line)
+
+    reader = threading.Thread(target=read)
     reader.start()
     try:
         deadline = time.monotonic() + 90
-        seen = []
+        seen: list[str] = []
         while not any("press Ctrl-C" in line for line in seen):
             assert time.monotonic() < deadline, "".join(seen)
             seen.append(lines.get(timeout=90))

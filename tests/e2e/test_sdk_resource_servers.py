@@ -11,7 +11,7 @@ import asyncio
 import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -26,6 +26,7 @@ from x402.http import (
 )
 from x402.http.middleware.fastapi import payment_middleware
 from x402.http.middleware.flask import PaymentMiddleware
+from x402.interfaces import SchemeNetworkServer
 from x402.mechanisms.evm import EthAccountSigner
 from x402.mechanisms.evm.exact import ExactEvmServerScheme, register_exact_evm_client
 
@@ -68,11 +69,20 @@ def settled_via(response: httpx.Response) -> str:
     return settlement.transaction
 
 
+def evm_server_scheme() -> SchemeNetworkServer:
+    """The SDK's EVM exact server scheme, as the Protocol it satisfies when it runs.
+
+    x402 2.25 leaves its ``__init__`` unannotated and types ``payment_flows`` as a plain dict,
+    which mypy does not match against the Protocol's mapping of flow configurations.
+    """
+    return cast(SchemeNetworkServer, ExactEvmServerScheme())  # type: ignore[no-untyped-call]
+
+
 @pytest.fixture
 def fastapi_shop(testbed: TestBed) -> Iterator[httpx.Client]:
     facilitator = AggregatorClient.from_config(testbed.aggregator_config("python", "typescript"))
     server = x402ResourceServer(facilitator)
-    server.register(NETWORK, ExactEvmServerScheme())
+    server.register(NETWORK, evm_server_scheme())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -95,7 +105,7 @@ def flask_shop(testbed: TestBed) -> Iterator[httpx.Client]:
     config = load_config(testbed.aggregator_config("python", "typescript"))
     with AggregatorClientSync.from_config(config) as facilitator:
         server = x402ResourceServerSync(facilitator)
-        server.register(NETWORK, ExactEvmServerScheme())
+        server.register(NETWORK, evm_server_scheme())
         app = Flask("shop")
 
         @app.get("/weather")
