@@ -1,4 +1,4 @@
-"""Credentials an upstream needs: read from the environment and checked once, at start.
+"""Credentials an upstream needs: resolved once at start (by :mod:`.secrets`) and checked there.
 
 Each upstream gets an :class:`Authenticator` whose :meth:`~Authenticator.headers` is asked for
 every request. Static kinds (none, ``bearer``, ``header``) answer one constant mapping, which
