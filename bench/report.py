@@ -259,8 +259,10 @@ def settle_section(result: SettleResult) -> str:
     )
     return "\n\n".join(
         [
-            f"Real signed EIP-3009 payments on the local test bed (anvil + USDC, started in "
-            f"{result.startup_s:.1f} s), {result.calls} sequential verify + settle pairs per path "
+            "Real signed payments on the local test bed: EIP-3009 on anvil + USDC, and Solana "
+            "`exact` on a local Solana VM (litesvm) with a USDC-like SPL token (rows marked "
+            f"Solana); the bed started in {result.startup_s:.1f} s. "
+            f"{result.calls} sequential verify + settle pairs per path "
             f"(after {result.warmup} warm-up pairs), alternating direct and through the "
             "aggregator; ms.",
             table,

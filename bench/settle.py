@@ -1,10 +1,12 @@
 """Real payments on the local test bed: verify and settle direct to each facilitator vs through.
 
-Starts the test bed (anvil with Circle's USDC, the Python-SDK and the TypeScript-SDK
-facilitators), then for each facilitator an aggregator (``x402-aggregator serve``) that has it
-as primary. Fresh signed payments are verified and settled one at a time, alternating direct and
-through the aggregator, so both paths see the same chain. The aggregator writes each settle to
-its default SQLite ledger (in the scratch directory); :mod:`bench.ledger` compares ledgers.
+Starts the test bed (anvil with Circle's USDC, a Solana VM with a USDC-like SPL token, the
+Python-SDK and the TypeScript-SDK facilitators), then for each facilitator an aggregator
+(``x402-aggregator serve``) that has it as primary. Fresh signed payments (EIP-3009, then Solana
+``exact`` naming that facilitator's fee payer) are verified and settled one at a time,
+alternating direct and through the aggregator, so both paths see the same chain. The aggregator
+writes each settle to its default SQLite ledger (in the scratch directory); :mod:`bench.ledger`
+compares ledgers.
 
     python -m bench.settle [--quick]
 """
@@ -12,12 +14,14 @@ its default SQLite ledger (in the scratch directory); :mod:`bench.ledger` compar
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
 from x402_aggregator.localnet.network import TestBed
+from x402_aggregator.localnet.payer import Payment
 
 from .services import start_aggregator
 from .settings import Settings
@@ -52,10 +56,34 @@ def _timed(client: httpx.Client, path: str, body: dict[str, object], flag: str) 
     return elapsed
 
 
+def _payments(bed: TestBed, name: str) -> dict[str, Callable[[], Payment]]:
+    """Fresh payments each facilitator can settle, by row label."""
+    solana_payer, fee_payer = bed.svm[1], bed.svm_fee_payer(name)
+    return {
+        name: lambda: bed.payer.pay(bed.pay_to, AMOUNT),
+        f"{name} (Solana)": lambda: solana_payer.pay(bed.svm_pay_to, AMOUNT, fee_payer),
+    }
+
+
+def _measure(
+    pay: Callable[[], Payment], clients: dict[str, httpx.Client], settings: Settings
+) -> dict[str, tuple[list[float], list[float]]]:
+    """Verify + settle pairs, alternating the paths, after warm-up pairs (connections, caches)."""
+    samples: dict[str, tuple[list[float], list[float]]] = {label: ([], []) for label in clients}
+    for call in range(settings.settle_calls + settings.settle_warmup):
+        for label, client in clients.items():
+            payment = pay()
+            verify = _timed(client, "/verify", payment.body, "isValid")
+            settle = _timed(client, "/settle", payment.body, "success")
+            if call >= settings.settle_warmup:
+                samples[label][0].append(verify)
+                samples[label][1].append(settle)
+    return samples
+
+
 def run(settings: Settings, workdir: Path) -> SettleResult:
-    calls = settings.settle_calls
     (workdir / "testbed").mkdir(exist_ok=True)
-    bed = TestBed.start(lifetime_s=300, log_dir=workdir / "testbed")
+    bed = TestBed.start(lifetime_s=300, log_dir=workdir / "testbed", svm=True)
     rows: list[SettleRow] = []
     try:
         for name in bed.facilitators:
@@ -69,30 +97,21 @@ def run(settings: Settings, workdir: Path) -> SettleResult:
                 cpu=None,
                 lifetime_s=240,
             )
-            samples: dict[str, tuple[list[float], list[float]]] = {
-                "direct": ([], []),
-                "through aggregator": ([], []),
-            }
             try:
                 with (
                     httpx.Client(base_url=bed.facilitators[name].url, timeout=60) as direct,
                     httpx.Client(base_url=agg.url, timeout=60) as through,
                 ):
-                    for call in range(calls + settings.settle_warmup):
-                        for label, client in (("direct", direct), ("through aggregator", through)):
-                            payment = bed.payer.pay(bed.pay_to, AMOUNT)
-                            verify = _timed(client, "/verify", payment.body, "isValid")
-                            settle = _timed(client, "/settle", payment.body, "success")
-                            if call >= settings.settle_warmup:  # warm connections, caches
-                                samples[label][0].append(verify)
-                                samples[label][1].append(settle)
+                    clients = {"direct": direct, "through aggregator": through}
+                    for row, pay in _payments(bed, name).items():
+                        for label, (verifies, settles) in _measure(pay, clients, settings).items():
+                            summaries = Summary.of(verifies), Summary.of(settles)
+                            rows.append(SettleRow(row, label, *summaries))
             finally:
                 agg.stop()
-            for label, (verifies, settles) in samples.items():
-                rows.append(SettleRow(name, label, Summary.of(verifies), Summary.of(settles)))
     finally:
         bed.stop()
-    return SettleResult(bed.startup_s, calls, settings.settle_warmup, rows)
+    return SettleResult(bed.startup_s, settings.settle_calls, settings.settle_warmup, rows)
 
 
 def main() -> None:

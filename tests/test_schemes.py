@@ -16,6 +16,8 @@ from x402_aggregator.schemes.evm_eip3009 import Eip3009Scheme
 from x402_aggregator.schemes.evm_permit2 import Permit2Scheme
 from x402_aggregator.schemes.opaque import OpaqueScheme
 
+from .svm import svm_body
+
 NONCE = "0x" + "22" * 32
 FEE_PAYER = "CKPKJWNdJEqa81x7CkZ14BVPiY6y16Sxs7owznqtWYp5"
 
@@ -41,8 +43,9 @@ def permit2_body(**overrides: Any) -> dict[str, Any]:
     return body
 
 
-def svm_body() -> dict[str, Any]:
-    body = copied(v2_body(network="solana:EtWTRABZaYq6iMfeYKouRu166VU2xqa1"))
+def opaque_body() -> dict[str, Any]:
+    """A kind without a module of its own (a chain family the engine does not know)."""
+    body = copied(v2_body(network="aptos:1"))
     body["paymentRequirements"]["extra"] = {"feePayer": FEE_PAYER}
     body["paymentPayload"]["payload"] = {"transaction": "AQAB...base64"}
     return body
@@ -58,10 +61,11 @@ def read(body: dict[str, Any]) -> tuple[str, PaymentFacts]:
 
 
 def test_each_payment_is_read_by_its_own_scheme() -> None:
-    """EIP-3009 authorizations, Permit2 permits and anything else go to their own module."""
+    """EIP-3009 authorizations, Permit2 permits, Solana transactions, anything else: own module."""
     assert read(v2_body())[0] == "evm-eip3009"
     assert read(permit2_body())[0] == "evm-permit2"
-    assert read(svm_body())[0] == "opaque"
+    assert read(svm_body())[0] == "svm-exact"
+    assert read(opaque_body())[0] == "opaque"
     assert isinstance(SCHEMES[-1], OpaqueScheme)  # the fallback that takes everything is last
 
 
@@ -98,7 +102,7 @@ def test_the_identity_never_includes_the_amount(make: Any) -> None:
 
 def test_an_opaque_payment_is_the_hash_of_what_was_signed_and_keeps_its_bound_signer() -> None:
     """Without a module of its own a payment is its payload's hash; ``feePayer`` still binds it."""
-    body = svm_body()
+    body = opaque_body()
     again = copied(body)
     again["paymentRequirements"]["maxTimeoutSeconds"] = 300  # the envelope, not the payment
     other = copied(body)
@@ -133,7 +137,7 @@ def test_only_eip3009_payments_can_be_proven_from_an_evm_reader() -> None:
     reader = EvmReader("http://127.0.0.1:9")
     eip3009 = parse_request(orjson.dumps(v2_body()), "settle")
     permit2 = parse_request(orjson.dumps(permit2_body()), "settle")
-    opaque = parse_request(orjson.dumps(svm_body()), "settle")
+    opaque = parse_request(orjson.dumps(opaque_body()), "settle")
 
     assert Eip3009Scheme().provable(eip3009.facts, reader)
     assert not Eip3009Scheme().provable(PaymentFacts(identity="x", payer=PAYER), reader)

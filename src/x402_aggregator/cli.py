@@ -278,10 +278,16 @@ def demo(
     payments: Annotated[int, typer.Option(min=1, max=50, help="Payments before the failover.")] = 3,
     port: Annotated[int, typer.Option(help="Aggregator port (0: any free port).")] = 0,
     keep: Annotated[bool, typer.Option(help="Leave everything running until Ctrl-C.")] = False,
+    payment: Annotated[
+        str,
+        typer.Option(
+            help="Payment kind: eip3009 (USDC on anvil) or svm (an SPL token on a Solana VM)."
+        ),
+    ] = "eip3009",
 ) -> None:
     """Run real payments through the aggregator on a local chain with two real facilitators."""
     try:
-        from .demo import DemoError, run
+        from .demo import DemoError, DemoPayment, run
         from .localnet.chain import TestbedSetupError
         from .localnet.process import ProcessError
     except ImportError as exc:
@@ -290,9 +296,15 @@ def demo(
         err.print(f"[red]demo failed:[/red] {hint} and `npm ci`", highlight=False)
         raise typer.Exit(1) from None
 
+    try:
+        kind = DemoPayment(payment)
+    except ValueError:
+        choices = ", ".join(kind.value for kind in DemoPayment)
+        err.print(f"[red]demo failed:[/red] --payment must be one of {choices}", highlight=False)
+        raise typer.Exit(2) from None
     console = Console()
     try:
-        summary = run(console, payments=payments, port=port, keep=keep)
+        summary = run(console, payments=payments, port=port, keep=keep, payment=kind)
     except (DemoError, TestbedSetupError, ProcessError) as exc:
         console.print(f"[red]demo failed:[/red] {escape(str(exc))}", highlight=False)
         raise typer.Exit(1) from None

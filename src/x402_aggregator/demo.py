@@ -2,7 +2,10 @@
 
 Brings up anvil with Circle's USDC and two real facilitators (Python SDK, TypeScript SDK), puts
 the aggregator in front of them, pays, kills the primary facilitator, pays again (failover), and
-checks the balances on chain before tearing everything down.
+checks the balances on chain before tearing everything down. ``--payment svm`` tells the same
+story with Solana ``exact`` payments on a local Solana VM, where a payment names the fee payer
+that must settle it: after the kill, the merged ``/supported`` steers new payments to the live
+facilitator's fee payer.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Protocol
 
 import httpx
 from rich.console import Console
@@ -23,14 +28,25 @@ from .config import load_config
 from .localnet.chain import USDC_DECIMALS
 from .localnet.live import LiveServer
 from .localnet.network import TestBed
+from .localnet.payer import Payment
+from .localnet.solana import SVM_NETWORK
 from .server import create_app
 
 AMOUNT = 10_000  # 0.01 USDC
 PRIMARY, BACKUP = "python", "typescript"
+#: How long the aggregator may take to see the killed primary and re-advertise (probes every 2 s).
+READVERTISE_S = 15.0
 
 
 class DemoError(RuntimeError):
     """A step of the demo did not do what it should; the message says which."""
+
+
+class DemoPayment(StrEnum):
+    """The payment kind the demo pays with."""
+
+    EIP3009 = "eip3009"
+    SVM = "svm"
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +61,111 @@ def usdc(units: int) -> str:
     return f"{units / 10**USDC_DECIMALS:,.6f} USDC"
 
 
-def run(console: Console, *, payments: int = 3, port: int = 0, keep: bool = False) -> str:
+class Rail(Protocol):
+    """One payment kind as the demo uses it: how to pay, and what the chain says."""
+
+    def describe(self, console: Console, bed: TestBed) -> None: ...
+
+    def pay(self, bed: TestBed, client: httpx.Client) -> Payment: ...
+
+    def moved(self, bed: TestBed, payment: Payment, answer: dict[str, Any]) -> bool: ...
+
+    def balances(self, bed: TestBed) -> dict[str, int]: ...
+
+    def after_kill(self, console: Console, bed: TestBed, client: httpx.Client) -> None: ...
+
+
+class Eip3009Rail:
+    """USDC on anvil by EIP-3009 authorizations: any facilitator can settle any payment."""
+
+    def describe(self, console: Console, bed: TestBed) -> None:
+        console.print(f"chain       {bed.chain.rpc_url}  (anvil, chain id 84532)")
+        console.print(f"USDC        {bed.payer.asset}  (Circle FiatTokenV2_2)")
+
+    def pay(self, bed: TestBed, client: httpx.Client) -> Payment:
+        return bed.payer.pay(bed.pay_to, AMOUNT)
+
+    def moved(self, bed: TestBed, payment: Payment, answer: dict[str, Any]) -> bool:
+        return bed.chain.authorization_used(payment.payer, payment.nonce)
+
+    def balances(self, bed: TestBed) -> dict[str, int]:
+        return bed.balances()
+
+    def after_kill(self, console: Console, bed: TestBed, client: httpx.Client) -> None:
+        """Nothing to wait for: the next payment fails over within its request."""
+
+
+class SvmRail:
+    """A USDC-like SPL token on a local Solana VM: a payment names the fee payer that settles it."""
+
+    def describe(self, console: Console, bed: TestBed) -> None:
+        solana, _ = bed.svm
+        console.print(f"solana      {solana.rpc_url}  (litesvm, {SVM_NETWORK})")
+        console.print(f"token       {solana.mint}  (SPL, {USDC_DECIMALS} decimals)")
+        for name in bed.facilitators:
+            console.print(f"fee payer   {bed.svm_fee_payer(name)}  ({name})")
+
+    def pay(self, bed: TestBed, client: httpx.Client) -> Payment:
+        """Pay the fee payer the aggregator advertises now, as a resource server would ask."""
+        return self._pay_for(bed, advertised_fee_payer(client))
+
+    def moved(self, bed: TestBed, payment: Payment, answer: dict[str, Any]) -> bool:
+        solana, _ = bed.svm
+        status = solana.status(str(answer.get("transaction")))
+        return status is not None and status.get("err") is None
+
+    def balances(self, bed: TestBed) -> dict[str, int]:
+        return bed.svm_balances()
+
+    def after_kill(self, console: Console, bed: TestBed, client: httpx.Client) -> None:
+        """A payment for the dead fee payer is refused at once; then /supported moves on."""
+        stale = self._pay_for(bed, bed.svm_fee_payer(PRIMARY))
+        started = time.perf_counter()
+        answer = client.post("/settle", json=stale.body)
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        reason = answer.json().get("errorReason")
+        if answer.json().get("success") or not reason:
+            raise DemoError(f"a payment for the dead fee payer was not refused: {answer.text}")
+        console.print(
+            f"a payment naming {PRIMARY}'s fee payer is refused in {elapsed_ms:.0f} ms: "
+            f"{reason} (nobody else can sign it)"
+        )
+        wanted = bed.svm_fee_payer(BACKUP)
+        deadline = time.monotonic() + READVERTISE_S
+        while advertised_fee_payer(client) != wanted:
+            if time.monotonic() > deadline:
+                raise DemoError(f"/supported still advertises {PRIMARY}'s fee payer")
+            time.sleep(0.2)
+        console.print(f"/supported now advertises {BACKUP}'s fee payer")
+
+    def _pay_for(self, bed: TestBed, fee_payer: str) -> Payment:
+        _, payer = bed.svm
+        return payer.pay(bed.svm_pay_to, AMOUNT, fee_payer)
+
+
+RAILS: dict[DemoPayment, Rail] = {DemoPayment.EIP3009: Eip3009Rail(), DemoPayment.SVM: SvmRail()}
+
+
+def advertised_fee_payer(client: httpx.Client) -> str:
+    """The ``extra.feePayer`` of the aggregator's v2 Solana ``exact`` kind."""
+    for kind in client.get("/supported").json().get("kinds", []):
+        if (kind.get("x402Version"), kind.get("scheme"), kind.get("network")) == (
+            2,
+            "exact",
+            SVM_NETWORK,
+        ):
+            return str((kind.get("extra") or {}).get("feePayer"))
+    raise DemoError("the aggregator advertises no Solana exact kind")
+
+
+def run(
+    console: Console,
+    *,
+    payments: int = 3,
+    port: int = 0,
+    keep: bool = False,
+    payment: DemoPayment = DemoPayment.EIP3009,
+) -> str:
     """Run the demo and return its summary line (``demo ok: ...``); raise ``DemoError``."""
     # Failover warnings appear in line with the demo's own output.
     logging.basicConfig(
@@ -54,15 +174,18 @@ def run(console: Console, *, payments: int = 3, port: int = 0, keep: bool = Fals
         handlers=[RichHandler(console=console, show_path=False, show_time=False)],
         force=True,
     )
-    with console.status("starting the local x402 network (anvil, USDC, two facilitators)"):
-        bed = TestBed.start(lifetime_s=24 * 3600 if keep else 600)
+    rail = RAILS[payment]
+    svm = payment is DemoPayment.SVM
+    what = "anvil, USDC, Solana VM, two facilitators" if svm else "anvil, USDC, two facilitators"
+    with console.status(f"starting the local x402 network ({what})"):
+        bed = TestBed.start(lifetime_s=24 * 3600 if keep else 600, svm=svm)
     try:
-        _describe(console, bed)
+        _describe(console, bed, rail)
         config = load_config(bed.aggregator_config(PRIMARY, BACKUP))
         with LiveServer(create_app(aggregator=Aggregator(config)), port=port) as server:
             console.print(f"aggregator  {server.url}  (status: {server.url}/status)\n")
             with httpx.Client(base_url=server.url, timeout=90) as client:
-                summary = _pay(console, bed, client, payments)
+                summary = _pay(console, bed, client, payments, rail)
             if keep:
                 bed.restart(PRIMARY)
                 console.print(f"restarted {PRIMARY}: it rejoins rotation at its next probe")
@@ -73,22 +196,22 @@ def run(console: Console, *, payments: int = 3, port: int = 0, keep: bool = Fals
     return summary
 
 
-def _describe(console: Console, bed: TestBed) -> None:
+def _describe(console: Console, bed: TestBed, rail: Rail) -> None:
     console.print(f"[bold]local x402 network up in {bed.startup_s:.1f} s[/bold]")
-    console.print(f"chain       {bed.chain.rpc_url}  (anvil, chain id 84532)")
-    console.print(f"USDC        {bed.payer.asset}  (Circle FiatTokenV2_2)")
+    rail.describe(console, bed)
     for facilitator in bed.facilitators.values():
         console.print(f"facilitator {facilitator.url}  {facilitator.name} SDK")
 
 
-def _pay(console: Console, bed: TestBed, client: httpx.Client, count: int) -> str:
-    before = bed.balances()
-    console.print(f"payer {bed.payer.address}: {usdc(before['payer'])}")
+def _pay(console: Console, bed: TestBed, client: httpx.Client, count: int, rail: Rail) -> str:
+    before = rail.balances(bed)
+    console.print(f"payer: {usdc(before['payer'])}")
     table = Table("#", "answered by", "transaction", "verify", "settle", title="payments")
-    paid = [_one(console, bed, client, n) for n in range(1, count + 1)]
+    paid = [_one(console, bed, client, n, rail) for n in range(1, count + 1)]
     console.print(f"[yellow]killing the primary facilitator ({PRIMARY})[/yellow]")
     bed.kill(PRIMARY)
-    paid.append(_one(console, bed, client, count + 1))
+    rail.after_kill(console, bed, client)
+    paid.append(_one(console, bed, client, count + 1, rail))
     for number, p in enumerate(paid, 1):
         table.add_row(
             str(number),
@@ -98,7 +221,7 @@ def _pay(console: Console, bed: TestBed, client: httpx.Client, count: int) -> st
             f"{p.settle_ms:.0f} ms",
         )
     console.print(table)
-    after = bed.balances()
+    after = rail.balances(bed)
     moved = before["payer"] - after["payer"]
     console.print(
         f"payer {usdc(after['payer'])}  (-{usdc(moved)});  "
@@ -114,8 +237,8 @@ def _pay(console: Console, bed: TestBed, client: httpx.Client, count: int) -> st
     )
 
 
-def _one(console: Console, bed: TestBed, client: httpx.Client, number: int) -> Paid:
-    payment = bed.payer.pay(bed.pay_to, AMOUNT)
+def _one(console: Console, bed: TestBed, client: httpx.Client, number: int, rail: Rail) -> Paid:
+    payment = rail.pay(bed, client)
     started = time.perf_counter()
     verified = client.post("/verify", json=payment.body)
     verify_ms = (time.perf_counter() - started) * 1000
@@ -125,7 +248,7 @@ def _one(console: Console, bed: TestBed, client: httpx.Client, number: int) -> P
     settled = client.post("/settle", json=payment.body)
     settle_ms = (time.perf_counter() - started) * 1000
     answer = settled.json()
-    if not answer.get("success") or not bed.chain.authorization_used(payment.payer, payment.nonce):
+    if not answer.get("success") or not rail.moved(bed, payment, answer):
         raise DemoError(f"settle failed: {settled.text}")
     upstream = settled.headers.get("X-Aggregator-Upstream", "?")
     console.print(

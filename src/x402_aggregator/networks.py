@@ -14,6 +14,8 @@ V1_NETWORKS: dict[str, str] = {
     "avalanche-fuji": "eip155:43113",
     "polygon": "eip155:137",
     "polygon-amoy": "eip155:80002",
+    "solana": "solana:5eykt4UsFv8P8NJdTREpY1vzqKqZKvdp",
+    "solana-devnet": "solana:EtWTRABZaYq6iMfeYKouRu166VU2xqa1",
 }
 
 

@@ -69,7 +69,8 @@ def test_the_hardcoded_selector_and_topic_are_the_keccak_of_their_signatures() -
 def test_networks_map_v1_names_to_caip2_and_every_network_has_a_public_rpc() -> None:
     assert caip2("base-sepolia") == "eip155:84532"
     assert caip2("eip155:8453") == "eip155:8453"
-    assert caip2("solana-devnet") == "solana-devnet"  # unknown: unchanged, the lookup misses
+    assert caip2("solana-devnet") == "solana:EtWTRABZaYq6iMfeYKouRu166VU2xqa1"
+    assert caip2("sei-testnet") == "sei-testnet"  # unknown: unchanged, the lookup misses
     assert set(V1_NETWORKS.values()) == set(PUBLIC_RPCS)
 
 

@@ -9,16 +9,11 @@ host, as RPC URLs often carry API keys.
 
 from __future__ import annotations
 
-import itertools
 import re
 from typing import Any
-from urllib.parse import urlsplit
 
-import aiohttp
-import orjson
-
-from ..errors import ChainError
 from .base import Receipt
+from .jsonrpc import JsonRpcReader
 
 #: ``authorizationState(address,bytes32)`` of FiatToken / EIP-3009 tokens.
 AUTHORIZATION_STATE_SELECTOR = "0xe94a0102"
@@ -38,7 +33,6 @@ _ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
 _BYTES32 = re.compile(r"0x[0-9a-fA-F]{64}")
 _QUANTITY = re.compile(r"0x[0-9a-fA-F]{1,64}")
 _STATE = AUTHORIZATION_STATE_SELECTOR
-_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
 
 
 def _hex(value: str, pattern: re.Pattern[str], what: str) -> str:
@@ -53,30 +47,10 @@ def _topic(address: str) -> str:
     return "0x" + _hex(address, _ADDRESS, "authorizer")[2:].rjust(64, "0")
 
 
-def _origin(url: str) -> str:
-    """``scheme://host:port`` only: paths, queries and userinfo may hold API keys."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("rpc_url must be an http(s) URL with a host")
-    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    return f"{parts.scheme}://{host}:{port}"
-
-
-class EvmReader:
+class EvmReader(JsonRpcReader):
     """Read-only JSON-RPC client for one EVM chain; owns an aiohttp session made on first use."""
 
     family = "eip155"
-
-    def __init__(self, rpc_url: str, *, timeout_s: float = 5.0) -> None:
-        self._url = rpc_url
-        self._origin = _origin(rpc_url)
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self._session: aiohttp.ClientSession | None = None
-        self._ids = itertools.count(1)
-
-    def __repr__(self) -> str:
-        return f"EvmReader({self._origin!r})"
 
     async def authorization_used(self, token: str, authorizer: str, nonce: str) -> bool:
         """Whether ``token`` has consumed this authorization (on ``latest``): the money moved."""
@@ -140,15 +114,6 @@ class EvmReader:
             block=self._quantity(method, result["blockNumber"]),
         )
 
-    async def aclose(self) -> None:
-        """Close the session; a later call opens a new one."""
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
-
-    def _error(self, method: str, problem: str) -> ChainError:
-        return ChainError(f"{method} at {self._origin}: {problem}")
-
     def _quantity(self, method: str, value: Any) -> int:
         if not isinstance(value, str) or not _QUANTITY.fullmatch(value):
             raise self._error(method, f"a malformed number {str(value)[:80]!r}")
@@ -158,36 +123,3 @@ class EvmReader:
         if not isinstance(value, str) or not _BYTES32.fullmatch(value):
             raise self._error(method, f"a malformed transaction hash {str(value)[:80]!r}")
         return value.lower()
-
-    async def _call(self, method: str, params: list[Any]) -> Any:
-        """One JSON-RPC call; every failure becomes a ChainError naming only the host."""
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
-        request = {"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": params}
-        failure = ""
-        try:
-            async with self._session.post(
-                self._url, data=orjson.dumps(request), headers=_HEADERS, allow_redirects=False
-            ) as response:
-                status, body = response.status, await response.read()
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            # aiohttp's messages can quote the full URL: keep only the kind of failure, and
-            # raise outside this block so the original does not ride along as __context__.
-            failure = type(exc).__name__
-        if failure:
-            raise self._error(method, f"unreachable ({failure})")
-        if status != 200:
-            raise self._error(method, f"HTTP {status}")
-        try:
-            answer = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            answer = None
-        if not isinstance(answer, dict):
-            raise self._error(method, "the answer is not a JSON-RPC object")
-        if (error := answer.get("error")) is not None:
-            if isinstance(error, dict):
-                error = f"{error.get('code')} {error.get('message')}"
-            raise self._error(method, f"JSON-RPC error {str(error)[:200]}")
-        if "result" not in answer:
-            raise self._error(method, "the answer has no result")
-        return answer["result"]

@@ -24,6 +24,7 @@ from typing import Literal
 from .chain import PYTHON_FACILITATOR, TS_FACILITATOR, TestbedSetupError, dev_account, node_modules
 from .live import free_port
 from .process import Child, spawn, wait_for_line
+from .solana import keypair
 
 HOST = "127.0.0.1"
 READY_TIMEOUT_S = 20.0
@@ -41,6 +42,8 @@ class Facilitator:
     url: str
     address: str  #: the account it pays gas from and signs settlements with
     child: Child
+    #: Its Solana fee payer (None when it runs without Solana).
+    svm_address: str | None = None
 
     @property
     def port(self) -> int:
@@ -83,6 +86,14 @@ def _private_key(index: int) -> str:
     return "0x" + bytes(dev_account(index).key).hex()
 
 
+def _svm_fee_payer(role: str, svm_rpc_url: str | None) -> tuple[dict[str, str], str | None]:
+    """The env that gives a facilitator its Solana fee payer, and that fee payer's address."""
+    if svm_rpc_url is None:
+        return {}, None
+    fee_payer = keypair(role)
+    return {"SVM_FEE_PAYER_KEY": str(fee_payer)}, str(fee_payer.pubkey())
+
+
 def start_python_facilitator(
     chain_rpc_url: str,
     *,
@@ -90,11 +101,17 @@ def start_python_facilitator(
     port: int | None = None,
     lifetime_s: float = 900,
     confirmation_timeout_s: float = 120,
+    svm_rpc_url: str | None = None,
     log_dir: Path | None = None,
     wait: bool = True,
 ) -> Facilitator:
-    """The official Python SDK facilitator (``py_facilitator``) on ``chain_rpc_url``."""
+    """The official Python SDK facilitator (``py_facilitator``) on ``chain_rpc_url``.
+
+    With ``svm_rpc_url`` it also settles Solana payments, fees paid by ``keypair("python")``.
+    """
     port = port or free_port()
+    svm_env, svm_address = _svm_fee_payer("python", svm_rpc_url)
+    svm_args = ["--svm-rpc-url", svm_rpc_url] if svm_rpc_url else []
     child = spawn(
         name,
         [
@@ -109,14 +126,14 @@ def start_python_facilitator(
             f"{confirmation_timeout_s:g}",
             "--lifetime-s",
             f"{lifetime_s:g}",
+            *svm_args,
         ],
         lifetime_s=lifetime_s + 5,  # the server ends itself first; ``timeout`` is the backstop
-        env={"FACILITATOR_PRIVATE_KEY": _private_key(PYTHON_FACILITATOR)},
+        env={"FACILITATOR_PRIVATE_KEY": _private_key(PYTHON_FACILITATOR), **svm_env},
         log_dir=log_dir,
     )
-    facilitator = Facilitator(
-        name, "python", f"http://{HOST}:{port}", dev_account(PYTHON_FACILITATOR).address, child
-    )
+    address = dev_account(PYTHON_FACILITATOR).address
+    facilitator = Facilitator(name, "python", f"http://{HOST}:{port}", address, child, svm_address)
     return facilitator.wait_ready() if wait else facilitator
 
 
@@ -128,17 +145,22 @@ def start_ts_facilitator(
     lifetime_s: float = 900,
     confirmation_timeout_s: float = 120,
     nonce_manager: bool = True,
+    svm_rpc_url: str | None = None,
     log_dir: Path | None = None,
     wait: bool = True,
 ) -> Facilitator:
     """The official TypeScript SDK facilitator (``ts_facilitator.cjs``) on ``chain_rpc_url``.
 
     ``nonce_manager=False`` is a deliberate fault: concurrent settles then reuse tx nonces.
+    With ``svm_rpc_url`` it also settles Solana payments, fees paid by ``keypair("typescript")``.
     """
     node = shutil.which("node")
     if node is None:
         raise TestbedSetupError("node is not installed (the TypeScript facilitator needs it)")
     port = port or free_port()
+    svm_env, svm_address = _svm_fee_payer("typescript", svm_rpc_url)
+    if svm_rpc_url:
+        svm_env["SVM_RPC_URL"] = svm_rpc_url
     child = spawn(
         name,
         [node, str(_TS_SCRIPT)],
@@ -151,10 +173,12 @@ def start_ts_facilitator(
             "LIFETIME_S": f"{lifetime_s:g}",
             "CONFIRMATION_TIMEOUT_S": f"{confirmation_timeout_s:g}",
             "NONCE_MANAGER": "1" if nonce_manager else "0",
+            **svm_env,
         },
         log_dir=log_dir,
     )
+    address = dev_account(TS_FACILITATOR).address
     facilitator = Facilitator(
-        name, "typescript", f"http://{HOST}:{port}", dev_account(TS_FACILITATOR).address, child
+        name, "typescript", f"http://{HOST}:{port}", address, child, svm_address
     )
     return facilitator.wait_ready() if wait else facilitator

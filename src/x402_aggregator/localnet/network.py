@@ -6,6 +6,10 @@ try:
     ...  # POST payment.body to an aggregator configured with bed.aggregator_config()
 finally:
     bed.stop()
+
+``TestBed.start(svm=True)`` adds a local Solana VM with a USDC-like SPL token: both facilitators
+then also settle Solana ``exact`` payments, each with its own fee payer, and ``bed.svm_payer``
+builds them (``bed.svm_payer.pay(bed.svm_pay_to, 10_000, bed.svm_fee_payer("python"))``).
 """
 
 from __future__ import annotations
@@ -18,7 +22,15 @@ from typing import Any
 
 from eth_account.signers.local import LocalAccount
 
-from .chain import PAY_TO, Chain, dev_account, payer_account, start_chain
+from .chain import (
+    NETWORK,
+    PAY_TO,
+    Chain,
+    TestbedSetupError,
+    dev_account,
+    payer_account,
+    start_chain,
+)
 from .facilitators import (
     Facilitator,
     Kind,
@@ -27,6 +39,8 @@ from .facilitators import (
     wait_ready,
 )
 from .payer import Payer
+from .solana import SVM_NETWORK, Solana, address, keypair, start_solana
+from .svm_payer import SvmPayer
 
 KINDS: tuple[Kind, ...] = ("python", "typescript")
 #: A dev account that is neither the payer nor a facilitator: signs "foreign" payments.
@@ -46,6 +60,9 @@ class TestBed:
     confirmation_timeout_s: float
     #: Seconds the stack took to come up.
     startup_s: float = 0.0
+    #: The local Solana VM and its payer (``start(svm=True)`` only).
+    solana: Solana | None = None
+    svm_payer: SvmPayer | None = None
 
     __test__ = False  # not a pytest test class, despite the name
 
@@ -56,22 +73,34 @@ class TestBed:
         lifetime_s: float = 900,
         confirmation_timeout_s: float = 5,
         log_dir: Path | None = None,
+        svm: bool = False,
     ) -> TestBed:
         """Bring the network up: anvil, deployments, then both facilitators in parallel.
 
         ``confirmation_timeout_s`` is how long a facilitator waits for a receipt before it answers
         ``settlement_pending``; anvil mines at once, so only a stalled chain ever reaches it.
+        ``svm`` starts the Solana VM first (a fraction of a second), so that both facilitators
+        come up settling Solana too.
         """
         started = time.monotonic()
         log_dir = log_dir or Path(tempfile.mkdtemp(prefix="x402-testbed-"))
+        solana = start_solana(lifetime_s=lifetime_s, log_dir=log_dir) if svm else None
+        try:
+            chain = start_chain(lifetime_s=lifetime_s, log_dir=log_dir)
+        except BaseException:
+            if solana is not None:
+                solana.stop()
+            raise
         bed = cls(
-            chain=start_chain(lifetime_s=lifetime_s, log_dir=log_dir),
+            chain=chain,
             facilitators={},
             payer=Payer(payer_account(), ""),
             pay_to=dev_account(PAY_TO).address,
             log_dir=log_dir,
             lifetime_s=lifetime_s,
             confirmation_timeout_s=confirmation_timeout_s,
+            solana=solana,
+            svm_payer=SvmPayer(keypair("payer"), solana.mint, solana.rpc_url) if solana else None,
         )
         try:
             # Start both facilitators while the contracts deploy: their start-ups overlap.
@@ -95,6 +124,7 @@ class TestBed:
             port=port,
             lifetime_s=self.lifetime_s,
             confirmation_timeout_s=self.confirmation_timeout_s,
+            svm_rpc_url=self.solana.rpc_url if self.solana else None,
             log_dir=self.log_dir,
             wait=wait,
         )
@@ -103,10 +133,38 @@ class TestBed:
     def stranger(self) -> LocalAccount:
         return dev_account(STRANGER)
 
+    @property
+    def svm(self) -> tuple[Solana, SvmPayer]:
+        """The Solana VM and its payer; ``TestbedSetupError`` if the bed runs without them."""
+        if self.solana is None or self.svm_payer is None:
+            raise TestbedSetupError("this test bed runs without Solana: start it with svm=True")
+        return self.solana, self.svm_payer
+
+    @property
+    def svm_pay_to(self) -> str:
+        """The Solana payee (its token account for the mint exists from the start)."""
+        return address("pay_to")
+
+    def svm_fee_payer(self, name: str) -> str:
+        """The Solana fee payer of facilitator ``name``: the address its payments must name."""
+        fee_payer = self.facilitators[name].svm_address
+        if fee_payer is None:
+            raise TestbedSetupError(f"facilitator {name} does not settle Solana")
+        return fee_payer
+
+    def svm_balances(self) -> dict[str, int]:
+        """Token balances (atomic units) of the Solana payer and payee."""
+        solana, payer = self.svm
+        return {"payer": solana.balance(payer.address), "pay_to": solana.balance(self.svm_pay_to)}
+
     def stop(self) -> None:
         for facilitator in self.facilitators.values():
             facilitator.stop()
         self.chain.stop()
+        if self.svm_payer is not None:
+            self.svm_payer.close()
+        if self.solana is not None:
+            self.solana.stop()
 
     def kill(self, name: str) -> None:
         """Crash a facilitator (SIGKILL): its port refuses connections afterwards."""
@@ -161,5 +219,11 @@ class TestBed:
                 "startup_wait_s": 5,
             },
             "ledger": {"url": f"sqlite:///{self.log_dir / 'ledger.db'}", "public_rpcs": False},
-            "networks": {"eip155:84532": {"rpc_url": self.chain.rpc_url}} if rpc else {},
+            "networks": self._rpcs() if rpc else {},
         }
+
+    def _rpcs(self) -> dict[str, Any]:
+        rpcs: dict[str, Any] = {NETWORK: {"rpc_url": self.chain.rpc_url}}
+        if self.solana is not None:
+            rpcs[SVM_NETWORK] = {"rpc_url": self.solana.rpc_url}
+        return rpcs

@@ -5,6 +5,9 @@ payments on a real chain but ships no HTTP server, so this wraps it in a small F
 the SDK's own examples do. Handlers are plain ``def``: the web3 signer blocks, and FastAPI runs such
 handlers in its thread pool, where the signer's nonce lock keeps concurrent settles safe.
 
+With ``--svm-rpc-url`` and ``SVM_FEE_PAYER_KEY`` (base58 keypair) it also settles Solana
+``exact`` payments (``FacilitatorKeypairSigner``), paying their fees from that key.
+
 Run: ``FACILITATOR_PRIVATE_KEY=0x.. python -m x402_aggregator.localnet.py_facilitator --port P
 --rpc-url URL``; it prints ``ready http://127.0.0.1:P`` once it accepts connections.
 """
@@ -17,6 +20,7 @@ import os
 import socket
 import sys
 import threading
+import warnings
 from typing import Any
 
 import uvicorn
@@ -26,6 +30,8 @@ from fastapi.responses import JSONResponse
 from x402 import x402FacilitatorSync
 from x402.mechanisms.evm import FacilitatorWeb3Signer
 from x402.mechanisms.evm.exact import register_exact_evm_facilitator
+from x402.mechanisms.svm import FacilitatorKeypairSigner
+from x402.mechanisms.svm.exact import register_exact_svm_facilitator
 from x402.schemas import (
     PaymentPayload,
     PaymentPayloadV1,
@@ -38,6 +44,7 @@ from x402.schemas import (
 
 from ..protocol import failure_body
 from .chain import NETWORK
+from .solana import SVM_NETWORK
 
 HOST = "127.0.0.1"
 logger = logging.getLogger("x402_aggregator.localnet.py_facilitator")
@@ -50,7 +57,12 @@ class BadRequest(ValueError):
 
 
 def build_facilitator(
-    private_key: str, rpc_url: str, *, confirmation_timeout_s: float = 120
+    private_key: str,
+    rpc_url: str,
+    *,
+    confirmation_timeout_s: float = 120,
+    svm_fee_payer_key: str | None = None,
+    svm_rpc_url: str | None = None,
 ) -> x402FacilitatorSync:
     """The SDK facilitator with the exact EVM scheme on the test bed's chain.
 
@@ -62,6 +74,9 @@ def build_facilitator(
     )
     facilitator = x402FacilitatorSync()
     register_exact_evm_facilitator(facilitator, signer, networks=[NETWORK])
+    if svm_fee_payer_key and svm_rpc_url:
+        svm_signer = FacilitatorKeypairSigner.from_base58(svm_fee_payer_key, rpc_url=svm_rpc_url)
+        register_exact_svm_facilitator(facilitator, svm_signer, networks=[SVM_NETWORK])
     return facilitator
 
 
@@ -176,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rpc-url", required=True)
     parser.add_argument("--confirmation-timeout-s", type=float, default=120)
     parser.add_argument("--lifetime-s", type=float, default=900)
+    parser.add_argument("--svm-rpc-url", help="also settle Solana (key in SVM_FEE_PAYER_KEY)")
     args = parser.parse_args(argv)
     # The key comes from the environment so it never shows in `ps` or in logs.
     private_key = os.environ.get("FACILITATOR_PRIVATE_KEY")
@@ -183,8 +199,15 @@ def main(argv: list[str] | None = None) -> int:
         print("FACILITATOR_PRIVATE_KEY is not set", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # solana-py's sync Client warns on every use; the SDK's signer is built on it.
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
     facilitator = build_facilitator(
-        private_key, args.rpc_url, confirmation_timeout_s=args.confirmation_timeout_s
+        private_key,
+        args.rpc_url,
+        confirmation_timeout_s=args.confirmation_timeout_s,
+        svm_fee_payer_key=os.environ.get("SVM_FEE_PAYER_KEY"),
+        svm_rpc_url=args.svm_rpc_url,
     )
     serve(create_app(facilitator), args.port, lifetime_s=args.lifetime_s)
     return 0

@@ -5,6 +5,8 @@
 // Config (env): PORT, RPC_URL, FACILITATOR_PRIVATE_KEY, LIFETIME_S (default 900),
 // CONFIRMATION_TIMEOUT_S (default 120), NONCE_MANAGER ("1" default; "0" drops viem's nonce
 // manager, a deliberate fault mode: concurrent settles then reuse tx nonces and some fail).
+// SVM_RPC_URL + SVM_FEE_PAYER_KEY (base58 64-byte keypair) also register @x402/svm's exact
+// scheme on the local Solana cluster, fees paid by that key.
 // Prints "ready http://127.0.0.1:PORT" once it accepts connections.
 "use strict";
 
@@ -16,10 +18,14 @@ const { toFacilitatorEvmSigner } = require("@x402/evm");
 const { registerExactEvmScheme } = require("@x402/evm/exact/facilitator");
 const { createWalletClient, defineChain, http, publicActions } = require("viem");
 const { nonceManager, privateKeyToAccount } = require("viem/accounts");
+const { createKeyPairSignerFromBytes, getBase58Encoder } = require("@solana/kit");
+const { toFacilitatorSvmSigner } = require("@x402/svm");
+const { registerExactSvmScheme } = require("@x402/svm/exact/facilitator");
 
 const HOST = "127.0.0.1";
 const CHAIN_ID = 84532;
 const NETWORK = "eip155:84532";
+const SVM_NETWORK = "solana:EtWTRABZaYq6iMfeYKouRu166VU2xqa1"; // the local cluster answers as devnet
 
 function config() {
   const env = process.env;
@@ -35,10 +41,19 @@ function config() {
     lifetimeS: Number(env.LIFETIME_S || 900),
     confirmationTimeoutS: Number(env.CONFIRMATION_TIMEOUT_S || 120),
     useNonceManager: (env.NONCE_MANAGER ?? "1") !== "0",
+    svmRpcUrl: env.SVM_RPC_URL,
+    svmFeePayerKey: env.SVM_FEE_PAYER_KEY,
   };
 }
 
-function buildFacilitator(cfg) {
+async function registerSvm(facilitator, cfg) {
+  const bytes = Uint8Array.from(getBase58Encoder().encode(cfg.svmFeePayerKey));
+  const keypair = await createKeyPairSignerFromBytes(bytes);
+  const signer = toFacilitatorSvmSigner(keypair, { defaultRpcUrl: cfg.svmRpcUrl });
+  registerExactSvmScheme(facilitator, { signer, networks: SVM_NETWORK });
+}
+
+async function buildFacilitator(cfg) {
   // Base Sepolia's id on a local RPC: v1 payloads naming "base-sepolia" then resolve to this chain.
   const chain = defineChain({
     id: CHAIN_ID,
@@ -69,6 +84,7 @@ function buildFacilitator(cfg) {
   const facilitator = new x402Facilitator();
   // Registers v2 on NETWORK and v1 on every legacy EVM name (over-claims, like real deployments).
   registerExactEvmScheme(facilitator, { signer, networks: NETWORK });
+  if (cfg.svmRpcUrl && cfg.svmFeePayerKey) await registerSvm(facilitator, cfg);
   return facilitator;
 }
 
@@ -148,7 +164,7 @@ function createApp(facilitator) {
   return app;
 }
 
-function main() {
+async function main() {
   const cfg = config();
   // @x402/evm 2.27 starts its asset eth_getCode check eagerly and drops the promise when verify
   // returns early; with the RPC down that rejection is unhandled and Node would exit. Log it and
@@ -156,7 +172,7 @@ function main() {
   process.on("unhandledRejection", (reason) => {
     console.error("unhandled rejection (ignored):", messageOf(reason));
   });
-  const app = createApp(buildFacilitator(cfg));
+  const app = createApp(await buildFacilitator(cfg));
   const server = app.listen(cfg.port, HOST, () => {
     console.log(`ready http://${HOST}:${cfg.port}`);
   });
@@ -179,4 +195,7 @@ function main() {
   setTimeout(() => close("lifetime over"), cfg.lifetimeS * 1000).unref();
 }
 
-main();
+main().catch((error) => {
+  console.error("start-up failed:", messageOf(error));
+  process.exit(1);
+});

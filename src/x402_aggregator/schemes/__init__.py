@@ -11,6 +11,7 @@ from .base import ChainState, Evidence, PaymentFacts, PaymentScheme, canonical_h
 from .evm_eip3009 import Eip3009Scheme
 from .evm_permit2 import Permit2Scheme
 from .opaque import OpaqueScheme
+from .svm_exact import SvmExactScheme
 
 __all__ = [
     "SCHEMES",
@@ -23,7 +24,12 @@ __all__ = [
 ]
 
 #: Tried in order; the opaque fallback recognises everything, so it comes last.
-SCHEMES: tuple[PaymentScheme, ...] = (Eip3009Scheme(), Permit2Scheme(), OpaqueScheme())
+SCHEMES: tuple[PaymentScheme, ...] = (
+    Eip3009Scheme(),
+    Permit2Scheme(),
+    SvmExactScheme(),
+    OpaqueScheme(),
+)
 
 
 def read_payment(

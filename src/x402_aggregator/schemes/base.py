@@ -42,6 +42,9 @@ class PaymentFacts:
     valid_before: int | None = None
     #: The address that must settle it (Solana ``feePayer``, ``upto`` facilitator), if any.
     bound_signer: str | None = None
+    #: What the scheme's ``prove`` asks the chain about, in its own order (Solana: the recent
+    #: blockhash, the source token account, the message hash); empty when nothing.
+    chain_keys: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,6 @@
 """Any other payment: known by the hash of what the payer signed, never proven from a chain.
 
-The fallback for kinds without a module of their own (Solana today, future schemes): the
+The fallback for kinds without a module of their own (future schemes): the
 canonical ``paymentPayload`` is the same bytes on every retry of the same signed payment.
 """
 
