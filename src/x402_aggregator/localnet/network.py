@@ -218,6 +218,10 @@ class TestBed:
                 "timeout_s": 2,
                 "startup_wait_s": 5,
             },
+            # A real facilitator's first verifies (cold JIT, first RPC calls) take hundreds of ms
+            # on a busy 2-core machine: past the adaptive 50 ms floor, the hedge would answer
+            # from the backup and tests of routing order would flake.
+            "routing": {"hedge_after_ms": 2000},
             "ledger": {"url": f"sqlite:///{self.log_dir / 'ledger.db'}", "public_rpcs": False},
             "networks": self._rpcs() if rpc else {},
         }

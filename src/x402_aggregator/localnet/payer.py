@@ -23,6 +23,43 @@ _TYPES = {
 }
 
 
+def priced(
+    common: dict[str, Any], amount: int, *, version: int, network: str, v1_network: str
+) -> dict[str, Any]:
+    """Requirements for ``amount`` in the shape of x402 ``version`` (v1 names its network)."""
+    if version == 1:
+        return {
+            **common,
+            "network": v1_network,
+            "maxAmountRequired": str(amount),
+            "resource": "http://127.0.0.1/weather",
+            "description": "weather report",
+            "mimeType": "application/json",
+        }
+    return {**common, "network": network, "amount": str(amount)}
+
+
+def request_body(
+    requirements: dict[str, Any], inner: dict[str, Any], *, version: int
+) -> dict[str, Any]:
+    """The ``/verify`` and ``/settle`` body for a scheme's signed ``inner`` payload."""
+    if version == 1:
+        payload: dict[str, Any] = {
+            "x402Version": 1,
+            "scheme": requirements["scheme"],
+            "network": requirements["network"],
+            "payload": inner,
+        }
+    else:
+        payload = {
+            "x402Version": 2,
+            "resource": {"url": "http://127.0.0.1/weather"},
+            "accepted": requirements,
+            "payload": inner,
+        }
+    return {"x402Version": version, "paymentPayload": payload, "paymentRequirements": requirements}
+
+
 @dataclass(frozen=True, slots=True)
 class Payment:
     """One signed payment: the request body for ``/verify`` and ``/settle``, and its identity."""
@@ -53,16 +90,7 @@ class Payer:
             "maxTimeoutSeconds": 60,
             "extra": {"name": USDC_NAME, "version": USDC_VERSION},
         }
-        if version == 1:
-            return {
-                **common,
-                "network": V1_NETWORK,
-                "maxAmountRequired": str(amount),
-                "resource": "http://127.0.0.1/weather",
-                "description": "weather report",
-                "mimeType": "application/json",
-            }
-        return {**common, "network": NETWORK, "amount": str(amount)}
+        return priced(common, amount, version=version, network=NETWORK, v1_network=V1_NETWORK)
 
     def pay(
         self,
@@ -105,23 +133,5 @@ class Payer:
             "signature": "0x" + signature.signature.hex().removeprefix("0x"),
             "authorization": authorization,
         }
-        if version == 1:
-            payload: dict[str, Any] = {
-                "x402Version": 1,
-                "scheme": "exact",
-                "network": V1_NETWORK,
-                "payload": inner,
-            }
-        else:
-            payload = {
-                "x402Version": 2,
-                "resource": {"url": "http://127.0.0.1/weather"},
-                "accepted": requirements,
-                "payload": inner,
-            }
-        body = {
-            "x402Version": version,
-            "paymentPayload": payload,
-            "paymentRequirements": requirements,
-        }
+        body = request_body(requirements, inner, version=version)
         return Payment(body, self.address, authorization["nonce"], amount)

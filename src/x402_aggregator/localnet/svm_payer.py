@@ -17,7 +17,7 @@ from x402.mechanisms.svm import KeypairSigner
 from x402.mechanisms.svm.exact.client import ExactSvmScheme
 from x402.schemas import PaymentRequirements
 
-from .payer import Payment
+from .payer import Payment, priced, request_body
 from .solana import SVM_NETWORK, SVM_V1_NETWORK
 
 
@@ -53,16 +53,9 @@ class SvmPayer:
             "maxTimeoutSeconds": 60,
             "extra": {"feePayer": fee_payer},
         }
-        if version == 1:
-            return {
-                **common,
-                "network": SVM_V1_NETWORK,
-                "maxAmountRequired": str(amount),
-                "resource": "http://127.0.0.1/weather",
-                "description": "weather report",
-                "mimeType": "application/json",
-            }
-        return {**common, "network": SVM_NETWORK, "amount": str(amount)}
+        return priced(
+            common, amount, version=version, network=SVM_NETWORK, v1_network=SVM_V1_NETWORK
+        )
 
     def pay(
         self,
@@ -86,23 +79,5 @@ class SvmPayer:
             inner = self._scheme.create_payment_payload(PaymentRequirements.model_validate(signed))
         transaction = VersionedTransaction.from_bytes(base64.b64decode(inner["transaction"]))
         nonce = str(transaction.signatures[1])  # the payer's; slot 0 is the fee payer's
-        if version == 1:
-            payload: dict[str, Any] = {
-                "x402Version": 1,
-                "scheme": "exact",
-                "network": SVM_V1_NETWORK,
-                "payload": inner,
-            }
-        else:
-            payload = {
-                "x402Version": 2,
-                "resource": {"url": "http://127.0.0.1/weather"},
-                "accepted": requirements,
-                "payload": inner,
-            }
-        body = {
-            "x402Version": version,
-            "paymentPayload": payload,
-            "paymentRequirements": requirements,
-        }
+        body = request_body(requirements, inner, version=version)
         return Payment(body, self.address, nonce, amount)
