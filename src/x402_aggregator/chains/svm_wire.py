@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from functools import lru_cache
 
 _ALPHABET = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 _INDEX = {char: index for index, char in enumerate(_ALPHABET)}
@@ -28,6 +29,12 @@ def b58encode(data: bytes) -> str:
         number, digit = divmod(number, 58)
         text = _ALPHABET[digit] + text
     return "1" * (len(data) - len(data.lstrip(b"\0"))) + text
+
+
+#: Account keys repeat across payments (programs, mints, fee payers, payers, the blockhash of the
+#: moment): base58 is the decoder's main cost, so remember recent ones (bounded, so a flood of
+#: unique keys only churns it).
+_key_text = lru_cache(maxsize=8192)(b58encode)
 
 
 def b58decode(text: str) -> bytes:
@@ -126,8 +133,8 @@ def decode(raw: bytes) -> WireTransaction:
         if version != 0:
             raise ValueError(f"unsupported transaction version {version}")
     required, _, _ = reader.byte(), reader.byte(), reader.byte()
-    keys = tuple(b58encode(reader.take(32)) for _ in range(reader.shortvec()))
-    blockhash = b58encode(reader.take(32))
+    keys = tuple(_key_text(reader.take(32)) for _ in range(reader.shortvec()))
+    blockhash = _key_text(reader.take(32))
     raw_instructions = []
     for _ in range(reader.shortvec()):
         program = reader.byte()
