@@ -63,7 +63,9 @@ def transaction(
             AccountMeta(payer, is_signer=True, is_writable=False),
         ]
         instructions.append(Instruction(Pubkey.from_string(TOKEN_PROGRAM), data, accounts))
-    instructions.append(Instruction(MEMO, memo, []))
+    # Without a transfer, the memo carries the payer's signature (so it still signs the message).
+    signers = [] if transfer else [AccountMeta(payer, is_signer=True, is_writable=False)]
+    instructions.append(Instruction(MEMO, memo, signers))
     message = MessageV0.try_compile(fee_payer.pubkey(), instructions, [], blockhash)
     signed = bytes([0x80]) + bytes(message)
     fee = fee_payer.sign_message(signed) if fee_payer_signs else Signature.default()

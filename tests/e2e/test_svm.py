@@ -15,12 +15,14 @@ import copy
 from typing import Any
 
 import pytest
+from solders.hash import Hash
 
 from x402_aggregator.localnet.network import TestBed
 from x402_aggregator.localnet.payer import Payment
-from x402_aggregator.localnet.solana import SVM_NETWORK, SVM_V1_NETWORK, address
+from x402_aggregator.localnet.solana import SVM_NETWORK, SVM_V1_NETWORK, address, keypair
 from x402_aggregator.schemes import SCHEMES
 
+from ..svm import svm_body, transaction
 from .conftest import AggregatorClient, Serve, attempts, wait_for
 
 AMOUNT = 10_000  # 0.01 of the 6-decimal token
@@ -321,3 +323,27 @@ def test_an_undecodable_transaction_is_bad_input_and_reaches_nobody(
     reason = answer.json().get("invalidReason") or answer.json().get("errorReason")
     assert reason == "invalid_exact_svm_payload_transaction_could_not_be_decoded", answer.text
     assert upstream_requests(client, "python") == upstream_requests(client, "typescript") == 0
+
+
+@pytest.mark.parametrize("path", ["/verify", "/settle"])
+def test_a_transaction_that_is_not_a_transfer_is_refused_clearly(
+    testbed: TestBed, through: AggregatorClient, path: str
+) -> None:
+    """Decodable but no TransferChecked (compute budget + memo only): the facilitator's refusal."""
+    solana, _ = testbed.svm
+    blockhash = Hash.from_string(solana.rpc("getLatestBlockhash")["value"]["blockhash"])
+    memo_only = transaction(fee_payer=keypair("python"), blockhash=blockhash, transfer=False)
+    body = svm_body(memo_only)
+    body["paymentRequirements"].update(asset=solana.mint, payTo=testbed.svm_pay_to)
+    body["paymentPayload"]["accepted"] = body["paymentRequirements"]
+    body["paymentRequirements"]["extra"] = {"feePayer": testbed.svm_fee_payer("python")}
+    client = through("python", "typescript")
+    before = testbed.svm_balances()
+
+    answer = client.post(path, json=body)
+    assert answer.status_code == 200, answer.text
+    verdict = answer.json()
+    assert verdict.get("isValid", verdict.get("success")) is False, answer.text
+    assert verdict.get("invalidReason") or verdict.get("errorReason"), answer.text
+    assert answer.headers["X-Aggregator-Upstream"] == "python"
+    assert testbed.svm_balances() == before
