@@ -2,8 +2,9 @@
 
 Starts the test bed (anvil with Circle's USDC, a Solana VM with a USDC-like SPL token, the
 Python-SDK and the TypeScript-SDK facilitators), then for each facilitator an aggregator
-(``x402-aggregator serve``) that has it as primary. Fresh signed payments (EIP-3009, then Solana
-``exact`` naming that facilitator's fee payer) are verified and settled one at a time,
+(``x402-aggregator serve``) that has it as primary. Fresh signed payments (EIP-3009, Permit2
+``exact`` in a plain ERC-20, ``upto`` bound to that facilitator and settled below its maximum,
+then Solana ``exact`` naming its fee payer) are verified and settled one at a time,
 alternating direct and through the aggregator, so both paths see the same chain. The aggregator
 writes each settle to its default SQLite ledger (in the scratch directory); :mod:`bench.ledger`
 compares ledgers.
@@ -22,6 +23,7 @@ import httpx
 
 from x402_aggregator.localnet.network import TestBed
 from x402_aggregator.localnet.payer import Payment
+from x402_aggregator.localnet.permit2_payer import settle_for
 
 from .services import start_aggregator
 from .settings import Settings
@@ -29,6 +31,10 @@ from .stats import Summary
 from .workspace import run_section
 
 AMOUNT = 10_000
+#: What the ``upto`` rows settle of their AMOUNT maximum.
+UPTO_USED = 7_500
+#: A payment's ``/verify`` body and its ``/settle`` body (they differ for ``upto``).
+Bodies = tuple[dict[str, object], dict[str, object]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,25 +62,36 @@ def _timed(client: httpx.Client, path: str, body: dict[str, object], flag: str) 
     return elapsed
 
 
-def _payments(bed: TestBed, name: str) -> dict[str, Callable[[], Payment]]:
+def _same(payment: Payment) -> Bodies:
+    return payment.body, payment.body
+
+
+def _upto(bed: TestBed, name: str) -> Bodies:
+    payment = bed.permit2.pay(bed.pay_to, AMOUNT, "upto", facilitator=bed.evm_address(name))
+    return payment.body, settle_for(payment, UPTO_USED)
+
+
+def _payments(bed: TestBed, name: str) -> dict[str, Callable[[], Bodies]]:
     """Fresh payments each facilitator can settle, by row label."""
     solana_payer, fee_payer = bed.svm[1], bed.svm_fee_payer(name)
     return {
-        name: lambda: bed.payer.pay(bed.pay_to, AMOUNT),
-        f"{name} (Solana)": lambda: solana_payer.pay(bed.svm_pay_to, AMOUNT, fee_payer),
+        name: lambda: _same(bed.payer.pay(bed.pay_to, AMOUNT)),
+        f"{name} (Permit2)": lambda: _same(bed.permit2.pay(bed.pay_to, AMOUNT)),
+        f"{name} (upto)": lambda: _upto(bed, name),
+        f"{name} (Solana)": lambda: _same(solana_payer.pay(bed.svm_pay_to, AMOUNT, fee_payer)),
     }
 
 
 def _measure(
-    pay: Callable[[], Payment], clients: dict[str, httpx.Client], settings: Settings
+    pay: Callable[[], Bodies], clients: dict[str, httpx.Client], settings: Settings
 ) -> dict[str, tuple[list[float], list[float]]]:
     """Verify + settle pairs, alternating the paths, after warm-up pairs (connections, caches)."""
     samples: dict[str, tuple[list[float], list[float]]] = {label: ([], []) for label in clients}
     for call in range(settings.settle_calls + settings.settle_warmup):
         for label, client in clients.items():
-            payment = pay()
-            verify = _timed(client, "/verify", payment.body, "isValid")
-            settle = _timed(client, "/settle", payment.body, "success")
+            verify_body, settle_body = pay()
+            verify = _timed(client, "/verify", verify_body, "isValid")
+            settle = _timed(client, "/settle", settle_body, "success")
             if call >= settings.settle_warmup:
                 samples[label][0].append(verify)
                 samples[label][1].append(settle)

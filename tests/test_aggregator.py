@@ -208,9 +208,9 @@ async def test_a_settle_moves_on_only_when_it_never_arrived(
         ok({"success": False, "errorReason": "unexpected_error"}, status=500),
         ok({"success": False, "errorReason": "insufficient_funds"}, status=402),
         UpstreamResponse(200, {}, b"<html>"),
-        ok({"success": True, "network": NETWORK}),
+        ok({"success": True, "network": NETWORK, "transaction": None}),
     ],
-    ids=["read-timeout", "lost", "500", "402", "garbage", "success-without-tx"],
+    ids=["read-timeout", "lost", "500", "402", "garbage", "success-with-null-tx"],
 )
 async def test_a_settle_that_may_have_arrived_is_never_sent_elsewhere(
     engine_for: Engines, lost: Answer
@@ -226,6 +226,25 @@ async def test_a_settle_that_may_have_arrived_is_never_sent_elsewhere(
     assert (answer["success"], answer["errorReason"]) == (False, "settlement_outcome_unknown")
     assert (answer["transaction"], answer["network"]) == ("", NETWORK)
     assert "primary" in answer["errorMessage"]
+    assert facilitators.called("/settle") == ["primary"]
+
+
+async def test_a_success_without_a_transaction_is_settled_once(engine_for: Engines) -> None:
+    """A batch-settlement voucher (success, empty transaction) is a success: relayed as sent,
+    recorded settled, and a re-presented copy is a duplicate (with the same empty transaction)."""
+    voucher = {"success": True, "transaction": "", "network": NETWORK, "extensions": {"v": 1}}
+    facilitators = Facilitators(primary={"/settle": ok(voucher)}, backup={"/settle": SETTLED})
+    engine = engine_for(facilitators)
+
+    payment = body()
+    first = await engine.settle(payment)
+    again = await engine.settle(payment)
+
+    assert (first.status, first.upstream, first.json()) == (200, "primary", voucher)
+    assert (again.json()["errorReason"], again.json()["transaction"]) == (
+        "duplicate_settlement",
+        "",
+    )
     assert facilitators.called("/settle") == ["primary"]
 
 

@@ -123,7 +123,7 @@ def test_payment_identity_is_the_authorization_not_the_envelope() -> None:
     assert parse_request(orjson.dumps(other_envelope), "settle").identity == eip3009.identity
     assert (
         parse_request(orjson.dumps(permit), "settle").identity
-        == f"eip155:84532|permit2|{PAYER}|{nonce}".lower()
+        == f"eip155:84532|permit2|{PAYER}|{int(nonce, 16)}".lower()  # Permit2 nonces: uint256
     )
     assert parse_request(orjson.dumps(unknown), "settle").identity.startswith("sha256:")
 
@@ -440,14 +440,26 @@ def test_settlement_pending_keeps_its_transaction() -> None:
     assert out["transaction"] == TX
 
 
-@pytest.mark.parametrize("transaction", ["missing", "", None, 123])
-def test_a_settle_success_without_transaction_is_not_an_answer(transaction: object) -> None:
-    """success true without a transaction hash cannot be reported: it is not an answer."""
-    answer: dict[str, Any] = {"success": True, "network": NETWORK}
+@pytest.mark.parametrize("transaction", [None, 123, ["0xab"]])
+def test_a_settle_success_with_a_transaction_that_is_not_text_is_not_an_answer(
+    transaction: object,
+) -> None:
+    """success true with a transaction that is not a string cannot be reported."""
+    answer: dict[str, Any] = {"success": True, "network": NETWORK, "transaction": transaction}
+
+    assert normalise_answer("settle", answer, NETWORK) is None
+
+
+@pytest.mark.parametrize("transaction", ["missing", ""])
+def test_a_settle_success_without_a_transaction_is_a_success(transaction: str) -> None:
+    """Batch-settlement vouchers (and zero-amount upto settles) succeed with no transaction."""
+    answer: dict[str, Any] = {"success": True, "network": NETWORK, "extensions": {"x": 1}}
     if transaction != "missing":
         answer["transaction"] = transaction
 
-    assert normalise_answer("settle", answer, NETWORK) is None
+    out = normalise_answer("settle", answer, NETWORK)
+
+    assert out == {**answer, "transaction": ""}
 
 
 @pytest.mark.parametrize("operation", ["verify", "settle"])

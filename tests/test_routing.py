@@ -16,12 +16,12 @@ from x402_aggregator.localnet.payloads import v2_body
 from x402_aggregator.outlier import OutlierPolicy
 from x402_aggregator.protocol import PaymentRequest, parse_request
 from x402_aggregator.routing import (
-    SIGNER_NOT_MANAGED,
     Attempt,
     LatencyStrategy,
     Router,
     WeightedStrategy,
 )
+from x402_aggregator.schemes.base import FEE_PAYER_NOT_MANAGED
 from x402_aggregator.transport import HandlerTransport, UpstreamRequest, UpstreamResponse
 from x402_aggregator.upstream import Upstream
 
@@ -155,8 +155,36 @@ def test_unsupported_reason_signer_not_managed() -> None:
     router = Router([make_upstream("other", kinds=[kind(SOLANA, feePayer=OTHER_FEE_PAYER)])])
     request = payment(network=SOLANA, extra={"feePayer": FEE_PAYER})
     assert router.candidates(request) == ()
-    assert router.unsupported_reason(request) == SIGNER_NOT_MANAGED
-    assert SIGNER_NOT_MANAGED == "fee_payer_not_managed_by_facilitator"
+    assert router.unsupported_reason(request) == FEE_PAYER_NOT_MANAGED
+    assert FEE_PAYER_NOT_MANAGED == "fee_payer_not_managed_by_facilitator"
+
+
+def test_an_upto_payment_goes_only_to_the_facilitator_its_witness_names() -> None:
+    """The signed ``witness.facilitator`` binds it (over ``extra``); nobody else is a candidate."""
+    signers = {"eip155:*": ["0x" + "aa" * 20]}
+    mine = make_upstream("mine", known=False)
+    mine.capabilities = parse_supported({"kinds": [kind(scheme="upto")], "signers": signers})
+    theirs = make_upstream("theirs", known=False)
+    theirs.capabilities = parse_supported(
+        {"kinds": [kind(scheme="upto")], "signers": {"eip155:*": ["0x" + "bb" * 20]}}
+    )
+    data = v2_body(scheme="upto", extra={"facilitatorAddress": "0x" + "bb" * 20})
+    auth = data["paymentPayload"]["payload"].pop("authorization")
+    data["paymentPayload"]["payload"]["permit2Authorization"] = {
+        "from": auth["from"],
+        "nonce": "7",
+        "witness": {"to": auth["to"], "facilitator": "0x" + "AA" * 20, "validAfter": "0"},
+    }
+    request = parse_request(orjson.dumps(data), "settle")
+
+    assert names(Router([theirs, mine]).candidates(request)) == ["mine"]
+    stranger = {**data["paymentPayload"]["payload"]["permit2Authorization"]}
+    stranger["witness"] = {**stranger["witness"], "facilitator": "0x" + "cc" * 20}
+    data["paymentPayload"]["payload"]["permit2Authorization"] = stranger
+    unowned = parse_request(orjson.dumps(data), "settle")
+    router = Router([theirs, mine])
+    assert router.candidates(unowned) == ()
+    assert router.unsupported_reason(unowned) == "upto_facilitator_mismatch"
 
 
 def test_unsupported_reason_invalid_network() -> None:

@@ -13,7 +13,7 @@ from x402_aggregator.protocol import parse_request
 from x402_aggregator.schemes import SCHEMES, PaymentFacts, read_payment
 from x402_aggregator.schemes.base import EXPIRY_MARGIN_S, unused
 from x402_aggregator.schemes.evm_eip3009 import Eip3009Scheme
-from x402_aggregator.schemes.evm_permit2 import Permit2Scheme
+from x402_aggregator.schemes.evm_permit2 import PERMIT2, SETTLE_CALLS, Permit2Scheme
 from x402_aggregator.schemes.opaque import OpaqueScheme
 
 from .svm import svm_body
@@ -132,8 +132,8 @@ def test_unused_turns_expired_only_past_the_deadline_and_its_margin() -> None:
     assert unused(PaymentFacts(identity="x"), 10**12).state == "unused"
 
 
-def test_only_eip3009_payments_can_be_proven_from_an_evm_reader() -> None:
-    """Permit2's nonce bitmap is not read yet, and an opaque payment cannot be read at all."""
+def test_evm_payments_can_be_proven_from_an_evm_reader_opaque_ones_never() -> None:
+    """EIP-3009 and Permit2 payments are read from the chain; an opaque one cannot be read."""
     reader = EvmReader("http://127.0.0.1:9")
     eip3009 = parse_request(orjson.dumps(v2_body()), "settle")
     permit2 = parse_request(orjson.dumps(permit2_body()), "settle")
@@ -141,7 +141,8 @@ def test_only_eip3009_payments_can_be_proven_from_an_evm_reader() -> None:
 
     assert Eip3009Scheme().provable(eip3009.facts, reader)
     assert not Eip3009Scheme().provable(PaymentFacts(identity="x", payer=PAYER), reader)
-    assert not Permit2Scheme().provable(permit2.facts, reader)
+    assert Permit2Scheme().provable(permit2.facts, reader)
+    assert not Permit2Scheme().provable(PaymentFacts(identity="x", payer=PAYER), reader)
     assert not OpaqueScheme().provable(opaque.facts, reader)
 
 
@@ -160,3 +161,59 @@ async def test_proving_with_a_reader_of_another_family_is_refused() -> None:
     facts = parse_request(orjson.dumps(v2_body()), "settle").facts
     with pytest.raises(ValueError, match="cannot be read"):
         await Eip3009Scheme().prove(facts, OtherFamily(), 0.0)
+
+
+def upto_body(facilitator: str = "0x" + "aa" * 20, **permit: Any) -> dict[str, Any]:
+    body = permit2_body(scheme="upto", extra={"facilitatorAddress": "0x" + "bb" * 20})
+    authorization = body["paymentPayload"]["payload"]["permit2Authorization"]
+    authorization["witness"]["facilitator"] = facilitator
+    authorization.update(permit)
+    return body
+
+
+def test_an_upto_payment_is_bound_to_the_facilitator_its_payer_signed_for() -> None:
+    """``witness.facilitator`` is signed: it binds the payment, whatever ``extra`` says."""
+    _, facts = read(upto_body())
+    assert facts.bound_signer == "0x" + "aa" * 20
+    _, exact = read(permit2_body(extra={"facilitatorAddress": "0x" + "cc" * 20}))
+    assert exact.bound_signer == "0x" + "cc" * 20
+
+
+def test_a_permit2_nonce_is_one_number_however_it_is_written() -> None:
+    """Decimal (the SDKs) and hex name the same uint256: the same payment; garbage is kept raw."""
+    _, decimal = read(upto_body(nonce="255"))
+    _, hexadecimal = read(upto_body(nonce="0xff"))
+    _, garbage = read(upto_body(nonce="nonce"))
+    _, too_big = read(upto_body(nonce=str(2**256)))
+
+    assert decimal.identity == hexadecimal.identity == f"eip155:84532|permit2|{PAYER}|255".lower()
+    assert (decimal.nonce, hexadecimal.nonce) == ("255", "255")
+    assert (garbage.nonce, too_big.nonce) == (None, None)
+    assert garbage.identity.endswith("|nonce")
+    assert not Permit2Scheme().provable(garbage, EvmReader("http://127.0.0.1:9"))
+
+
+def test_permit2_facts_name_the_token_and_recipient_the_chain_is_asked_about() -> None:
+    _, facts = read(upto_body())
+    auth = upto_body()["paymentPayload"]["payload"]["permit2Authorization"]
+    assert facts.asset == auth["permitted"]["token"]
+    assert facts.chain_keys == (auth["witness"]["to"],)
+
+
+def test_the_settle_selectors_are_the_x402_proxies_functions() -> None:
+    """The selectors the chain reader looks for are those of the SDKs' proxy ABIs."""
+    from eth_utils.abi import function_abi_to_4byte_selector
+    from x402.mechanisms.evm import constants
+
+    abis = [
+        constants.X402_EXACT_PERMIT2_PROXY_ABI,
+        constants.X402_EXACT_PERMIT2_PROXY_SETTLE_WITH_PERMIT_ABI,
+        constants.X402_UPTO_PERMIT2_PROXY_ABI,
+        constants.X402_UPTO_PERMIT2_PROXY_SETTLE_WITH_PERMIT_ABI,
+    ]
+    selectors = {
+        "0x" + function_abi_to_4byte_selector(abi[0]).hex()  # type: ignore[arg-type]
+        for abi in abis
+    }
+    assert selectors == set(SETTLE_CALLS)
+    assert constants.PERMIT2_ADDRESS.lower() == PERMIT2

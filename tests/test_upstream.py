@@ -230,6 +230,19 @@ async def test_a_settle_success_is_ok_and_its_bytes_are_forwarded() -> None:
     assert outcome.extension_responses == EXTENSIONS
 
 
+async def test_a_settle_success_without_a_transaction_is_ok_and_forwarded_unchanged() -> None:
+    """Batch-settlement vouchers answer success with an empty transaction: a success, as sent."""
+    voucher = {"success": True, "transaction": "", "network": NETWORK, "extensions": {"v": 1}}
+    answer = response(200, voucher, {EXTENSION_RESPONSES: EXTENSIONS})
+
+    outcome = await call("settle", answer)
+
+    assert outcome.kind == "ok"
+    assert outcome.answer == voucher
+    assert outcome.raw is answer.body
+    assert outcome.extension_responses == EXTENSIONS
+
+
 async def test_a_settle_success_without_network_gets_the_requests() -> None:
     """A success lacking network is ok, with the request's network filled in."""
     outcome = await call("settle", response(200, {"success": True, "transaction": TX}))
@@ -271,8 +284,8 @@ async def test_settlement_pending_is_ambiguous_with_its_answer(status: int) -> N
         (402, {"error": "payment required"}),
         (200, b"<html>"),
         (200, b""),
-        (200, {"success": True, "network": NETWORK}),
-        (200, {"success": True, "transaction": ""}),
+        (200, {"success": True, "network": NETWORK, "transaction": None}),
+        (200, {"success": True, "transaction": 42}),
         (400, SETTLED),
         (404, SETTLED),
         (500, SETTLED),
@@ -285,8 +298,8 @@ async def test_settlement_pending_is_ambiguous_with_its_answer(status: int) -> N
         "402-other",
         "200-html",
         "200-empty",
-        "success-no-tx",
-        "success-empty-tx",
+        "success-null-tx",
+        "success-number-tx",
         "success-400",
         "success-404",
         "success-500",

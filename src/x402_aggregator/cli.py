@@ -281,14 +281,15 @@ def demo(
     payment: Annotated[
         str,
         typer.Option(
-            help="Payment kind: eip3009 (USDC on anvil) or svm (an SPL token on a Solana VM)."
+            help="Payment kind: eip3009 (USDC on anvil), svm (an SPL token on a Solana VM), "
+            "permit2 (exact by Permit2, a plain ERC-20) or upto (Permit2, settled below a maximum)."
         ),
     ] = "eip3009",
 ) -> None:
     """Run real payments through the aggregator on a local chain with two real facilitators."""
     try:
         from .demo import DemoError, DemoPayment, run
-        from .localnet.chain import TestbedSetupError
+        from .localnet.npm import TestbedSetupError
         from .localnet.process import ProcessError
     except ImportError as exc:
         # Escaped: rich would take "[testbed]" for a style tag and print "pip install -e '.'".

@@ -5,7 +5,9 @@ the aggregator in front of them, pays, kills the primary facilitator, pays again
 checks the balances on chain before tearing everything down. ``--payment svm`` tells the same
 story with Solana ``exact`` payments on a local Solana VM, where a payment names the fee payer
 that must settle it: after the kill, the merged ``/supported`` steers new payments to the live
-facilitator's fee payer.
+facilitator's fee payer. ``--payment permit2`` pays ``exact`` by Permit2 in a plain ERC-20, and
+``--payment upto`` signs a maximum that is settled below it, bound (like Solana's fee payer) to
+the facilitator the aggregator advertises.
 """
 
 from __future__ import annotations
@@ -25,14 +27,18 @@ from rich.table import Table
 
 from .aggregator import Aggregator
 from .config import load_config
-from .localnet.chain import USDC_DECIMALS
+from .localnet.chain import NETWORK, USDC_DECIMALS
 from .localnet.live import LiveServer
 from .localnet.network import TestBed
 from .localnet.payer import Payment
+from .localnet.permit2 import TOKEN_SYMBOL
+from .localnet.permit2_payer import settle_for
 from .localnet.solana import SVM_NETWORK
 from .server import create_app
 
 AMOUNT = 10_000  # 0.01 USDC
+#: What an ``upto`` payment's resource server settles of its AMOUNT maximum (the use metered).
+UPTO_USED = 7_500
 PRIMARY, BACKUP = "python", "typescript"
 #: How long the aggregator may take to see the killed primary and re-advertise (probes every 2 s).
 READVERTISE_S = 15.0
@@ -47,6 +53,8 @@ class DemoPayment(StrEnum):
 
     EIP3009 = "eip3009"
     SVM = "svm"
+    PERMIT2 = "permit2"
+    UPTO = "upto"
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,18 +63,26 @@ class Paid:
     transaction: str
     verify_ms: float
     settle_ms: float
+    amount: int
 
 
-def usdc(units: int) -> str:
-    return f"{units / 10**USDC_DECIMALS:,.6f} USDC"
+def usdc(units: int, unit: str = "USDC") -> str:
+    return f"{units / 10**USDC_DECIMALS:,.6f} {unit}"
 
 
 class Rail(Protocol):
     """One payment kind as the demo uses it: how to pay, and what the chain says."""
 
+    #: The token's symbol, for amounts printed.
+    unit: str
+
     def describe(self, console: Console, bed: TestBed) -> None: ...
 
     def pay(self, bed: TestBed, client: httpx.Client) -> Payment: ...
+
+    def settle_body(self, payment: Payment) -> dict[str, Any]: ...
+
+    def charged(self, payment: Payment) -> int: ...
 
     def moved(self, bed: TestBed, payment: Payment, answer: dict[str, Any]) -> bool: ...
 
@@ -75,7 +91,19 @@ class Rail(Protocol):
     def after_kill(self, console: Console, bed: TestBed, client: httpx.Client) -> None: ...
 
 
-class Eip3009Rail:
+class _Settled:
+    """A payment settled for what it says (every kind but ``upto``)."""
+
+    unit = "USDC"
+
+    def settle_body(self, payment: Payment) -> dict[str, Any]:
+        return payment.body
+
+    def charged(self, payment: Payment) -> int:
+        return payment.amount
+
+
+class Eip3009Rail(_Settled):
     """USDC on anvil by EIP-3009 authorizations: any facilitator can settle any payment."""
 
     def describe(self, console: Console, bed: TestBed) -> None:
@@ -95,7 +123,68 @@ class Eip3009Rail:
         """Nothing to wait for: the next payment fails over within its request."""
 
 
-class SvmRail:
+class Permit2Rail(Eip3009Rail):
+    """``exact`` by Permit2 in a plain ERC-20 (no EIP-3009): any facilitator can settle it."""
+
+    unit = TOKEN_SYMBOL
+
+    def describe(self, console: Console, bed: TestBed) -> None:
+        deployment = bed.chain.deployment
+        assert deployment is not None
+        console.print(f"chain       {bed.chain.rpc_url}  (anvil, chain id 84532)")
+        console.print(
+            f"token       {deployment.permit2.token}  (plain ERC-20, approved to Permit2)"
+        )
+        console.print(f"Permit2     {deployment.permit2.permit2}")
+
+    def pay(self, bed: TestBed, client: httpx.Client) -> Payment:
+        return bed.permit2.pay(bed.pay_to, AMOUNT)
+
+    def moved(self, bed: TestBed, payment: Payment, answer: dict[str, Any]) -> bool:
+        return bed.chain.permit2_nonce_used(payment.payer, payment.nonce)
+
+    def balances(self, bed: TestBed) -> dict[str, int]:
+        return bed.token_balances()
+
+
+class _BoundRail:
+    """Payments that name the facilitator that must settle them: the demo pays the one the
+    aggregator's ``/supported`` advertises, as a resource server would."""
+
+    scheme, network, key, what = "exact", SVM_NETWORK, "feePayer", "fee payer"
+
+    def signer(self, bed: TestBed, name: str) -> str:
+        raise NotImplementedError
+
+    def pay_for(self, bed: TestBed, signer: str) -> Payment:
+        raise NotImplementedError
+
+    def pay(self, bed: TestBed, client: httpx.Client) -> Payment:
+        return self.pay_for(bed, advertised(client, self.scheme, self.network, self.key))
+
+    def after_kill(self, console: Console, bed: TestBed, client: httpx.Client) -> None:
+        """A payment bound to the dead facilitator is refused at once; then /supported moves on."""
+        stale = self.pay_for(bed, self.signer(bed, PRIMARY))
+        started = time.perf_counter()
+        answer = client.post("/settle", json=stale.body)
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        reason = answer.json().get("errorReason")
+        if answer.json().get("success") or not reason:
+            raise DemoError(f"a payment for the dead {self.what} was not refused: {answer.text}")
+        console.print(
+            f"a payment naming {PRIMARY}'s {self.what} is refused in {elapsed_ms:.0f} ms: "
+            f"{reason} (nobody else can sign it)"
+        )
+        wanted = self.signer(bed, BACKUP)
+        deadline = time.monotonic() + READVERTISE_S
+        while advertised(client, self.scheme, self.network, self.key) != wanted:
+            if time.monotonic() > deadline:
+                raise DemoError(f"/supported still advertises {PRIMARY}'s {self.what}")
+            time.sleep(0.2)
+        console.print(f"/supported now advertises {BACKUP}'s {self.what}")
+
+
+class SvmRail(_BoundRail, _Settled):
     """A USDC-like SPL token on a local Solana VM: a payment names the fee payer that settles it."""
 
     def describe(self, console: Console, bed: TestBed) -> None:
@@ -105,9 +194,12 @@ class SvmRail:
         for name in bed.facilitators:
             console.print(f"fee payer   {bed.svm_fee_payer(name)}  ({name})")
 
-    def pay(self, bed: TestBed, client: httpx.Client) -> Payment:
-        """Pay the fee payer the aggregator advertises now, as a resource server would ask."""
-        return self._pay_for(bed, advertised_fee_payer(client))
+    def signer(self, bed: TestBed, name: str) -> str:
+        return bed.svm_fee_payer(name)
+
+    def pay_for(self, bed: TestBed, signer: str) -> Payment:
+        _, payer = bed.svm
+        return payer.pay(bed.svm_pay_to, AMOUNT, signer)
 
     def moved(self, bed: TestBed, payment: Payment, answer: dict[str, Any]) -> bool:
         solana, _ = bed.svm
@@ -117,45 +209,49 @@ class SvmRail:
     def balances(self, bed: TestBed) -> dict[str, int]:
         return bed.svm_balances()
 
-    def after_kill(self, console: Console, bed: TestBed, client: httpx.Client) -> None:
-        """A payment for the dead fee payer is refused at once; then /supported moves on."""
-        stale = self._pay_for(bed, bed.svm_fee_payer(PRIMARY))
-        started = time.perf_counter()
-        answer = client.post("/settle", json=stale.body)
-        elapsed_ms = (time.perf_counter() - started) * 1000
-        reason = answer.json().get("errorReason")
-        if answer.json().get("success") or not reason:
-            raise DemoError(f"a payment for the dead fee payer was not refused: {answer.text}")
-        console.print(
-            f"a payment naming {PRIMARY}'s fee payer is refused in {elapsed_ms:.0f} ms: "
-            f"{reason} (nobody else can sign it)"
-        )
-        wanted = bed.svm_fee_payer(BACKUP)
-        deadline = time.monotonic() + READVERTISE_S
-        while advertised_fee_payer(client) != wanted:
-            if time.monotonic() > deadline:
-                raise DemoError(f"/supported still advertises {PRIMARY}'s fee payer")
-            time.sleep(0.2)
-        console.print(f"/supported now advertises {BACKUP}'s fee payer")
 
-    def _pay_for(self, bed: TestBed, fee_payer: str) -> Payment:
-        _, payer = bed.svm
-        return payer.pay(bed.svm_pay_to, AMOUNT, fee_payer)
+class UptoRail(_BoundRail, Permit2Rail):
+    """``upto`` by Permit2: the payer signs a maximum for one facilitator; the resource server
+    settles what was used (below the maximum)."""
 
+    scheme, network, key, what = "upto", NETWORK, "facilitatorAddress", "facilitator address"
 
-RAILS: dict[DemoPayment, Rail] = {DemoPayment.EIP3009: Eip3009Rail(), DemoPayment.SVM: SvmRail()}
+    def describe(self, console: Console, bed: TestBed) -> None:
+        super().describe(console, bed)
+        signed, used = usdc(AMOUNT, self.unit), usdc(UPTO_USED, self.unit)
+        console.print(f"upto        each payment signed for {signed}, settled for {used}")
+
+    def signer(self, bed: TestBed, name: str) -> str:
+        return bed.evm_address(name)
+
+    def pay_for(self, bed: TestBed, signer: str) -> Payment:
+        return bed.permit2.pay(bed.pay_to, AMOUNT, "upto", facilitator=signer)
+
+    def settle_body(self, payment: Payment) -> dict[str, Any]:
+        return settle_for(payment, UPTO_USED)
+
+    def charged(self, payment: Payment) -> int:
+        return UPTO_USED
 
 
-def advertised_fee_payer(client: httpx.Client) -> str:
-    """The ``extra.feePayer`` of the aggregator's v2 Solana ``exact`` kind."""
+RAILS: dict[DemoPayment, Rail] = {
+    DemoPayment.EIP3009: Eip3009Rail(),
+    DemoPayment.SVM: SvmRail(),
+    DemoPayment.PERMIT2: Permit2Rail(),
+    DemoPayment.UPTO: UptoRail(),
+}
+
+
+def advertised(client: httpx.Client, scheme: str, network: str, key: str) -> str:
+    """The ``extra[key]`` of the aggregator's v2 kind (the signer new payments must name)."""
     for kind in client.get("/supported").json().get("kinds", []):
         if (kind.get("x402Version"), kind.get("scheme"), kind.get("network")) == (
             2,
-            "exact",
-            SVM_NETWORK,
+            scheme,
+            network,
         ):
-            return str((kind.get("extra") or {}).get("feePayer"))
-    raise DemoError("the aggregator advertises no Solana exact kind")
+            return str((kind.get("extra") or {}).get(key))
+    raise DemoError(f"the aggregator advertises no {scheme} kind on {network}")
 
 
 def run(
@@ -205,7 +301,7 @@ def _describe(console: Console, bed: TestBed, rail: Rail) -> None:
 
 def _pay(console: Console, bed: TestBed, client: httpx.Client, count: int, rail: Rail) -> str:
     before = rail.balances(bed)
-    console.print(f"payer: {usdc(before['payer'])}")
+    console.print(f"payer: {usdc(before['payer'], rail.unit)}")
     table = Table("#", "answered by", "transaction", "verify", "settle", title="payments")
     paid = [_one(console, bed, client, n, rail) for n in range(1, count + 1)]
     console.print(f"[yellow]killing the primary facilitator ({PRIMARY})[/yellow]")
@@ -223,17 +319,21 @@ def _pay(console: Console, bed: TestBed, client: httpx.Client, count: int, rail:
     console.print(table)
     after = rail.balances(bed)
     moved = before["payer"] - after["payer"]
+    expected = sum(p.amount for p in paid)
     console.print(
-        f"payer {usdc(after['payer'])}  (-{usdc(moved)});  "
-        f"payee +{usdc(after['pay_to'] - before['pay_to'])}"
+        f"payer {usdc(after['payer'], rail.unit)}  (-{usdc(moved, rail.unit)});  "
+        f"payee +{usdc(after['pay_to'] - before['pay_to'], rail.unit)}"
     )
-    if moved != AMOUNT * len(paid) or after["pay_to"] - before["pay_to"] != moved:
-        raise DemoError(f"balances moved by {moved}, expected {AMOUNT * len(paid)}")
+    if moved != expected or after["pay_to"] - before["pay_to"] != moved:
+        raise DemoError(f"balances moved by {moved}, expected {expected}")
     if paid[-1].upstream != BACKUP or any(p.upstream != PRIMARY for p in paid[:-1]):
         raise DemoError(f"unexpected routing: {[p.upstream for p in paid]}")
+    below = ""
+    if expected < AMOUNT * len(paid):
+        below = f", each below its {usdc(AMOUNT, rail.unit)} maximum"
     return (
         f"demo ok: {len(paid)} payments settled, failover {PRIMARY} -> {BACKUP} after the "
-        f"primary was killed, {usdc(moved)} moved"
+        f"primary was killed, {usdc(moved, rail.unit)} moved{below}"
     )
 
 
@@ -245,17 +345,20 @@ def _one(console: Console, bed: TestBed, client: httpx.Client, number: int, rail
     if not verified.json().get("isValid"):
         raise DemoError(f"verify failed: {verified.text}")
     started = time.perf_counter()
-    settled = client.post("/settle", json=payment.body)
+    settled = client.post("/settle", json=rail.settle_body(payment))
     settle_ms = (time.perf_counter() - started) * 1000
     answer = settled.json()
     if not answer.get("success") or not rail.moved(bed, payment, answer):
         raise DemoError(f"settle failed: {settled.text}")
     upstream = settled.headers.get("X-Aggregator-Upstream", "?")
+    amount = rail.charged(payment)
+    what = f"{usdc(amount, rail.unit)} verified and"
+    if amount != payment.amount:
+        what = f"{usdc(payment.amount, rail.unit)} verified, {usdc(amount, rail.unit)}"
     console.print(
-        f"payment {number}: {usdc(AMOUNT)} verified and settled by {upstream} "
-        f"in {verify_ms:.0f} + {settle_ms:.0f} ms"
+        f"payment {number}: {what} settled by {upstream} in {verify_ms:.0f} + {settle_ms:.0f} ms"
     )
-    return Paid(upstream, str(answer["transaction"]), verify_ms, settle_ms)
+    return Paid(upstream, str(answer["transaction"]), verify_ms, settle_ms, amount)
 
 
 def _wait_for_interrupt(console: Console) -> None:

@@ -179,12 +179,15 @@ def normalise_answer(operation: Operation, answer: Any, network: str) -> JSONObj
 
 
 def _normalise_settled(answer: JSONObject, network: str) -> JSONObject | None:
-    transaction = answer.get("transaction")
-    if not isinstance(transaction, str) or not transaction:
-        return None  # "success" without a transaction is not an answer we can report
+    # An empty transaction is a success: batch-settlement vouchers and zero-amount ``upto``
+    # settles move nothing on chain now. A transaction that is not text is not an answer.
+    transaction = answer.get("transaction", "")
+    if not isinstance(transaction, str):
+        return None
+    out = answer if "transaction" in answer else {**answer, "transaction": ""}
     if isinstance(answer.get("network"), str) and answer["network"]:
-        return answer
-    return {**answer, "network": network}
+        return out
+    return {**out, "network": network}
 
 
 def _normalise_failure(operation: Operation, answer: JSONObject, network: str) -> JSONObject:

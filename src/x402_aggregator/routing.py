@@ -21,8 +21,6 @@ from .config import RoutingConfig
 from .protocol import INVALID_NETWORK, UNSUPPORTED_SCHEME, PaymentRequest
 from .upstream import Upstream
 
-#: Reason given when a payment names a signer (Solana fee payer) no upstream owns.
-SIGNER_NOT_MANAGED = "fee_payer_not_managed_by_facilitator"
 #: Most payments remembered for verify→settle affinity.
 AFFINITY_ENTRIES = 100_000
 
@@ -170,7 +168,8 @@ class Router:
         kind = request.kind
         capabilities = [up.capabilities for up in self.upstreams if up.capabilities is not None]
         if any(caps.supports(kind) for caps in capabilities):
-            return SIGNER_NOT_MANAGED
+            # Some upstream takes the kind: none owns the signer the payment is bound to.
+            return request.scheme.unowned_signer_reason
         if any(caps.supports_scheme(kind.version, kind.scheme) for caps in capabilities):
             return INVALID_NETWORK
         return UNSUPPORTED_SCHEME

@@ -149,10 +149,14 @@ TOKEN, WHO, NONCE = "0x" + "11" * 20, "0x" + "22" * 20, "0x" + "33" * 32
     ("method", "args", "message"),
     [
         ("authorization_used", ("0x1234", WHO, NONCE), "token"),
-        ("authorization_used", (TOKEN, "0x" + "zz" * 20, NONCE), "authorizer"),
+        ("authorization_used", (TOKEN, "0x" + "zz" * 20, NONCE), "address"),
         ("find_authorization", (TOKEN, WHO, NONCE[2:]), "nonce"),
         ("find_authorization", (TOKEN, WHO, NONCE[:-2]), "nonce"),
-        ("find_authorization", (TOKEN, WHO[:-2], NONCE), "authorizer"),
+        ("find_authorization", (TOKEN, WHO[:-2], NONCE), "address"),
+        ("call", ("0x12", "0x"), "contract"),
+        ("call", (TOKEN, "0x123"), "call data"),
+        ("transaction_input", (WHO,), "transaction"),
+        ("find_log", (TOKEN, ["0x12"]), "topic"),
         ("receipt", (WHO,), "transaction"),
     ],
 )

@@ -46,11 +46,11 @@ from x402_aggregator.localnet.chain import (
     NETWORK,
     USDC_NAME,
     USDC_VERSION,
-    node_modules,
     payer_account,
 )
 from x402_aggregator.localnet.live import LiveServer, free_port
 from x402_aggregator.localnet.network import TestBed
+from x402_aggregator.localnet.npm import node_modules
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 PRICE = 10_000  # 0.01 USDC

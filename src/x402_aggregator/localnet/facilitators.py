@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from .chain import PYTHON_FACILITATOR, TS_FACILITATOR, TestbedSetupError, dev_account, node_modules
+from .chain import PYTHON_FACILITATOR, TS_FACILITATOR, dev_account
 from .live import free_port
+from .npm import TestbedSetupError, node_modules
 from .process import Child, spawn, wait_for_line
 from .solana import keypair
 

@@ -26,7 +26,6 @@ from .chain import (
     NETWORK,
     PAY_TO,
     Chain,
-    TestbedSetupError,
     dev_account,
     payer_account,
     start_chain,
@@ -38,7 +37,9 @@ from .facilitators import (
     start_ts_facilitator,
     wait_ready,
 )
+from .npm import TestbedSetupError
 from .payer import Payer
+from .permit2_payer import Permit2Payer
 from .solana import SVM_NETWORK, Solana, address, keypair, start_solana
 from .svm_payer import SvmPayer
 
@@ -63,6 +64,8 @@ class TestBed:
     #: The local Solana VM and its payer (``start(svm=True)`` only).
     solana: Solana | None = None
     svm_payer: SvmPayer | None = None
+    #: Pays by Permit2 (``exact`` and ``upto``) in the plain token; set once the chain is deployed.
+    permit2_payer: Permit2Payer | None = None
 
     __test__ = False  # not a pytest test class, despite the name
 
@@ -106,7 +109,9 @@ class TestBed:
             # Start both facilitators while the contracts deploy: their start-ups overlap.
             for kind in KINDS:
                 bed.facilitators[kind] = bed._launch(kind, kind, wait=False)
-            bed.payer = Payer(payer_account(), bed.chain.deploy().usdc)
+            deployment = bed.chain.deploy()
+            bed.payer = Payer(payer_account(), deployment.usdc)
+            bed.permit2_payer = Permit2Payer(payer_account(), deployment.permit2.token)
             wait_ready(*bed.facilitators.values())
         except BaseException:
             bed.stop()
@@ -132,6 +137,25 @@ class TestBed:
     @property
     def stranger(self) -> LocalAccount:
         return dev_account(STRANGER)
+
+    @property
+    def permit2(self) -> Permit2Payer:
+        """The Permit2 payer (its token is ``bed.permit2.token``)."""
+        if self.permit2_payer is None:
+            raise TestbedSetupError("the chain is not deployed yet")
+        return self.permit2_payer
+
+    def token_balances(self) -> dict[str, int]:
+        """Plain-token balances (atomic units) of the payer and the payee: Permit2 payments."""
+        token = self.permit2.token
+        return {
+            "payer": self.chain.balance(self.payer.address, token),
+            "pay_to": self.chain.balance(self.pay_to, token),
+        }
+
+    def evm_address(self, name: str) -> str:
+        """The EVM signer of facilitator ``name``: the address an ``upto`` payment binds."""
+        return self.facilitators[name].address
 
     @property
     def svm(self) -> tuple[Solana, SvmPayer]:

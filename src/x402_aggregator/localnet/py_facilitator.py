@@ -1,9 +1,10 @@
 """A real x402 facilitator on the official Python SDK, for the local test bed.
 
-The SDK (``x402FacilitatorSync`` + ``FacilitatorWeb3Signer``) verifies and settles EIP-3009
-payments on a real chain but ships no HTTP server, so this wraps it in a small FastAPI app the way
-the SDK's own examples do. Handlers are plain ``def``: the web3 signer blocks, and FastAPI runs such
-handlers in its thread pool, where the signer's nonce lock keeps concurrent settles safe.
+The SDK (``x402FacilitatorSync`` + ``FacilitatorWeb3Signer``) verifies and settles EVM ``exact``
+(EIP-3009 and Permit2) and ``upto`` payments on a real chain but ships no HTTP server, so this
+wraps it in a small FastAPI app the way the SDK's own examples do. Handlers are plain ``def``:
+the web3 signer blocks, and FastAPI runs such handlers in its thread pool, where the signer's
+nonce lock keeps concurrent settles safe.
 
 With ``--svm-rpc-url`` and ``SVM_FEE_PAYER_KEY`` (base58 keypair) it also settles Solana
 ``exact`` payments (``FacilitatorKeypairSigner``), paying their fees from that key.
@@ -30,6 +31,7 @@ from fastapi.responses import JSONResponse
 from x402 import x402FacilitatorSync
 from x402.mechanisms.evm import FacilitatorWeb3Signer
 from x402.mechanisms.evm.exact import register_exact_evm_facilitator
+from x402.mechanisms.evm.upto.facilitator import UptoEvmScheme
 from x402.mechanisms.svm import FacilitatorKeypairSigner
 from x402.mechanisms.svm.exact import register_exact_svm_facilitator
 from x402.schemas import (
@@ -74,6 +76,8 @@ def build_facilitator(
     )
     facilitator = x402FacilitatorSync()
     register_exact_evm_facilitator(facilitator, signer, networks=[NETWORK])
+    # "exact" covers EIP-3009 and Permit2 payloads; "upto" settles Permit2 up to a maximum.
+    facilitator.register([NETWORK], UptoEvmScheme(signer))
     if svm_fee_payer_key and svm_rpc_url:
         svm_signer = FacilitatorKeypairSigner.from_base58(svm_fee_payer_key, rpc_url=svm_rpc_url)
         register_exact_svm_facilitator(facilitator, svm_signer, networks=[SVM_NETWORK])

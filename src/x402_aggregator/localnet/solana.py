@@ -20,8 +20,8 @@ import httpx
 from solders.keypair import Keypair
 from solders.pubkey import Pubkey
 
-from .chain import TestbedSetupError, node_modules
 from .live import free_port
+from .npm import TestbedSetupError, node_modules
 from .process import Child, spawn, wait_for_line
 
 SVM_NETWORK = "solana:EtWTRABZaYq6iMfeYKouRu166VU2xqa1"

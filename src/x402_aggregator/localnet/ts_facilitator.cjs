@@ -16,6 +16,7 @@ const { PaymentPayloadV1Schema, PaymentPayloadV2Schema, PaymentRequirementsV1Sch
   PaymentRequirementsV2Schema } = require("@x402/core/schemas");
 const { toFacilitatorEvmSigner } = require("@x402/evm");
 const { registerExactEvmScheme } = require("@x402/evm/exact/facilitator");
+const { UptoEvmScheme } = require("@x402/evm/upto/facilitator");
 const { createWalletClient, defineChain, http, publicActions } = require("viem");
 const { nonceManager, privateKeyToAccount } = require("viem/accounts");
 const { createKeyPairSignerFromBytes, getBase58Encoder } = require("@solana/kit");
@@ -83,7 +84,9 @@ async function buildFacilitator(cfg) {
   );
   const facilitator = new x402Facilitator();
   // Registers v2 on NETWORK and v1 on every legacy EVM name (over-claims, like real deployments).
+  // "exact" covers EIP-3009 and Permit2 payloads; "upto" settles Permit2 payments up to a maximum.
   registerExactEvmScheme(facilitator, { signer, networks: NETWORK });
+  facilitator.register(NETWORK, new UptoEvmScheme(signer));
   if (cfg.svmRpcUrl && cfg.svmFeePayerKey) await registerSvm(facilitator, cfg);
   return facilitator;
 }

@@ -19,6 +19,9 @@ import orjson
 from .._types import JSONObject
 from ..chains.base import ChainReader
 
+#: What a facilitator answers for a payment naming a fee payer it does not hold (x402's reason).
+FEE_PAYER_NOT_MANAGED = "fee_payer_not_managed_by_facilitator"
+
 #: How far past its deadline (by our clock) an unused payment counts as expired: our clock may
 #: run ahead of the chain's block timestamps.
 EXPIRY_MARGIN_S = 300.0
@@ -62,6 +65,8 @@ class PaymentScheme(Protocol):
     name: str
     #: The ``errorReason`` of a settle refused because the payment expired unused.
     expired_reason: str
+    #: The reason given when the payment's bound signer belongs to no upstream.
+    unowned_signer_reason: str
 
     def read(
         self, network: str, requirements: JSONObject, payload: JSONObject

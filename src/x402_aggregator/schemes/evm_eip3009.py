@@ -11,7 +11,16 @@ from .._types import JSONObject
 from ..chains.base import ChainReader
 from ..chains.evm import EvmReader
 from ..networks import caip2
-from .base import Evidence, PaymentFacts, extra_signer, inner, text, timestamp, unused
+from .base import (
+    FEE_PAYER_NOT_MANAGED,
+    Evidence,
+    PaymentFacts,
+    extra_signer,
+    inner,
+    text,
+    timestamp,
+    unused,
+)
 
 
 class Eip3009Scheme:
@@ -19,6 +28,7 @@ class Eip3009Scheme:
 
     name = "evm-eip3009"
     expired_reason = "invalid_exact_evm_payload_authorization_valid_before"
+    unowned_signer_reason = FEE_PAYER_NOT_MANAGED
 
     def read(
         self, network: str, requirements: JSONObject, payload: JSONObject

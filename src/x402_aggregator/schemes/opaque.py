@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from .._types import JSONObject
 from ..chains.base import ChainReader
-from .base import Evidence, PaymentFacts, canonical_hash, extra_signer
+from .base import FEE_PAYER_NOT_MANAGED, Evidence, PaymentFacts, canonical_hash, extra_signer
 
 
 class OpaqueScheme:
@@ -16,6 +16,7 @@ class OpaqueScheme:
 
     name = "opaque"
     expired_reason = "invalid_payload"
+    unowned_signer_reason = FEE_PAYER_NOT_MANAGED
 
     def read(
         self, network: str, requirements: JSONObject, payload: JSONObject

@@ -18,7 +18,7 @@ from ..chains.base import ChainReader
 from ..chains.svm import SvmReader
 from ..errors import RequestError
 from ..networks import caip2, family
-from .base import Evidence, PaymentFacts, inner
+from .base import FEE_PAYER_NOT_MANAGED, Evidence, PaymentFacts, inner
 
 #: Reason of a settle refused because the transaction's blockhash expired before it landed.
 BLOCK_HEIGHT_EXCEEDED = "settle_exact_svm_block_height_exceeded"
@@ -32,6 +32,7 @@ class SvmExactScheme:
 
     name = "svm-exact"
     expired_reason = BLOCK_HEIGHT_EXCEEDED
+    unowned_signer_reason = FEE_PAYER_NOT_MANAGED
 
     def read(
         self, network: str, requirements: JSONObject, payload: JSONObject
