@@ -259,9 +259,11 @@ def settle_section(result: SettleResult) -> str:
     )
     return "\n\n".join(
         [
-            "Real signed payments on the local test bed: EIP-3009 on anvil + USDC, and Solana "
-            "`exact` on a local Solana VM (litesvm) with a USDC-like SPL token (rows marked "
-            f"Solana); the bed started in {result.startup_s:.1f} s. "
+            "Real signed payments on the local test bed: EIP-3009 on anvil + USDC; `exact` by "
+            "Permit2 and `upto` (settled at 75% of its maximum) in a plain ERC-20 on the same "
+            "chain (rows marked Permit2, upto); and Solana `exact` on a local Solana VM "
+            "(litesvm) with a USDC-like SPL token (rows marked Solana); the bed started in "
+            f"{result.startup_s:.1f} s. "
             f"{result.calls} sequential verify + settle pairs per path "
             f"(after {result.warmup} warm-up pairs), alternating direct and through the "
             "aggregator; ms.",
