@@ -155,15 +155,18 @@ def start_aggregator(
     cpu: int | None = SUT_CPU,
     lifetime_s: float = 600,
     env: dict[str, str] | None = None,
+    server: dict[str, Any] | None = None,
 ) -> Service:
     """``x402-aggregator serve --config FILE`` (log level warning); waits for ``/healthz``.
+
+    ``server`` adds settings to the ``server:`` section (``upstream_client``, ...).
 
     Unless ``extra`` says otherwise, the settlement ledger is a SQLite file in ``workdir`` (the
     default would be one in the current directory, shared by every run).
     """
     port = free_port()
     config = {
-        "server": {"host": HOST, "port": port, "log_level": "warning"},
+        "server": {"host": HOST, "port": port, "log_level": "warning", **(server or {})},
         "upstreams": upstreams,
         "ledger": {"url": f"sqlite:///{workdir.resolve() / f'{name}-ledger.db'}"},
         **(extra or {}),

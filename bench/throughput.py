@@ -46,6 +46,7 @@ class ThroughputResult:
 UPSTREAM = "nginx upstream, direct"
 NGINX = "nginx proxy_pass + backup"
 AGGREGATOR = "aggregator, 1 process"
+AIOHTTP = "aggregator, 1 process, aiohttp client"
 WORKERS = "aggregator, --workers 2"
 
 
@@ -108,14 +109,16 @@ def run(settings: Settings, workdir: Path) -> ThroughputResult:
             {"name": "primary", "url": f"http://{HOST}:{primary}", "priority": 0},
             {"name": "backup", "url": f"http://{HOST}:{backup}", "priority": 1},
         ]
-        for name, workers, cpu, placement in (
-            (AGGREGATOR, 1, SUT_CPU, f"aggregator + upstream {pin}"),
-            (WORKERS, 2, None, "workers on both cores (shared with wrk), upstream " + pin),
+        for name, workers, cpu, client, placement in (
+            (AGGREGATOR, 1, SUT_CPU, "http1", f"aggregator + upstream {pin}"),
+            (AIOHTTP, 1, SUT_CPU, "aiohttp", f"aggregator + upstream {pin}"),
+            (WORKERS, 2, None, "http1", "workers on both cores (shared with wrk), upstream " + pin),
         ):
             agg = start_aggregator(
-                f"aggregator-w{workers}",
+                f"aggregator-w{workers}-{client}",
                 workdir,
                 upstreams,
+                server={"upstream_client": client},
                 workers=workers,
                 cpu=cpu,
                 lifetime_s=lifetime,
@@ -124,7 +127,7 @@ def run(settings: Settings, workdir: Path) -> ThroughputResult:
                 time.sleep(0.5)
                 watch = {"proxy": agg, "upstream": upstream}
                 url = f"{agg.url}/verify"
-                result = _measure(settings, workdir, url, f"aggregator-w{workers}", watch)
+                result = _measure(settings, workdir, url, f"aggregator-w{workers}-{client}", watch)
             finally:
                 agg.stop()
             rows.append(ThroughputRow(name, placement, result))

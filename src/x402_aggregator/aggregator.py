@@ -25,6 +25,7 @@ from .chains import readers
 from .config import Config
 from .errors import RequestError
 from .health import UpstreamHealth
+from .http1 import Http1Transport
 from .ledger import Ledger
 from .logs import REQUEST_ID, short
 from .outlier import OutlierPolicy
@@ -47,6 +48,15 @@ from .upstream import Upstream
 from .verification import Verifier
 
 logger = logging.getLogger("x402_aggregator")
+
+
+def upstream_transport(client: str, *, pool_size: int = 256) -> Transport:
+    """The configured upstream client (``server.upstream_client``)."""
+    if client == "aiohttp":
+        return AiohttpTransport(pool_size=pool_size)
+    return Http1Transport(pool_size=pool_size)
+
+
 #: One line per answered request (level INFO); silence it with a higher level for this logger.
 access_log = logging.getLogger("x402_aggregator.access")
 
@@ -64,7 +74,7 @@ class Aggregator:
     ) -> None:
         self.config = config
         self.secrets = secrets or read_secrets(config, server=False)
-        self._transport = transport or AiohttpTransport()
+        self._transport = transport or upstream_transport(config.server.upstream_client)
         self.router = Router(self._upstreams(clock), config.routing, clock)
         routing = config.routing
         budget = RetryBudget(
@@ -150,7 +160,8 @@ class Aggregator:
         For callers that need capabilities before :meth:`start` (the SDK's synchronous
         ``get_supported`` at start-up): the engine's own pool belongs to the loop it starts in.
         """
-        transport = AiohttpTransport(pool_size=max(1, len(self.upstreams)))
+        pool = max(1, len(self.upstreams))
+        transport = upstream_transport(self.config.server.upstream_client, pool_size=pool)
         try:
             await asyncio.gather(*(self._prober.probe(up, transport) for up in self.upstreams))
         finally:

@@ -48,6 +48,9 @@ class ServerConfig(_Section):
     rate_limit_per_s: float | None = Field(None, gt=0)
     #: Requests a key may make at once after being idle (the bucket's size).
     rate_limit_burst: int = Field(20, ge=1)
+    #: The client for upstream calls: ``http1`` (lean, on asyncio + llhttp, see :mod:`.http1`)
+    #: or ``aiohttp`` (the general client it replaced; kept to compare, and as a way back).
+    upstream_client: Literal["http1", "aiohttp"] = "http1"
 
     @model_validator(mode="after")
     def _rate_limit_needs_keys(self) -> ServerConfig:
