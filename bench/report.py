@@ -20,7 +20,7 @@ from .overhead import (
 from .services import LOAD_CPU, SUT_CPU
 from .settle import SettleResult
 from .stats import ms
-from .throughput import AGGREGATOR, NGINX, ThroughputResult
+from .throughput import AGGREGATOR, NGINX, WORKERS, ThroughputResult
 
 #: Targets from the benchmarks issue.
 ADDED_P50_MS = 0.5
@@ -160,8 +160,32 @@ def throughput_section(result: ThroughputResult) -> str:
             "A CPU figure near 1.00 means that process had its whole core: it was the "
             "bottleneck. wrk's latencies are closed-loop (they understate queueing); the "
             "open-loop figures are in section 1.",
+            *_scaling(result),
         ]
     )
+
+
+def _scaling(result: ThroughputResult) -> list[str]:
+    """``--workers 2`` against one process, as measured and per aggregator core-second.
+
+    On two cores the workers share them with wrk, so the measured ratio understates what two
+    cores of their own give; verify/s per core of aggregator CPU (each row's own CPU use) takes
+    the generator's cost out: twice the workers' per-core rate is the two-core figure.
+    """
+    one, two = result.row(AGGREGATOR), result.row(WORKERS)
+    if one is None or two is None or not one.result.rate:
+        return []
+    one_cpu, two_cpu = one.result.cpu.get("proxy", 0.0), two.result.cpu.get("proxy", 0.0)
+    measured = two.result.rate / one.result.rate
+    if not one_cpu or not two_cpu:
+        return [f"`--workers 2` ÷ 1 process: {measured:.2f}x as measured."]
+    per_core_one, per_core_two = one.result.rate / one_cpu, two.result.rate / two_cpu
+    return [
+        f"`--workers 2` ÷ 1 process: {measured:.2f}x as measured (workers sharing both cores "
+        f"with wrk); per aggregator core-second {per_core_two:,.0f} vs {per_core_one:,.0f} "
+        f"verify/s, so two cores of their own would give "
+        f"{2 * per_core_two / per_core_one:.2f}x one process."
+    ]
 
 
 def faults_section(result: FaultsResult) -> str:
