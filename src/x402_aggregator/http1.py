@@ -12,6 +12,7 @@ never a redirect followed. Errors are the seam's, keeping "never arrived" apart 
 from __future__ import annotations
 
 import asyncio
+import functools
 import ssl
 import time
 import zlib
@@ -197,7 +198,7 @@ class Http1Transport:
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
         origin, target = _split(request.url)
         deadline = time.monotonic() + request.timeout_s
-        where = f"{request.method} {urlsplit(request.url).path or '/'}"
+        where = f"{request.method} {target.partition('?')[0]}"  # for errors: never the query
         head = _head(request, origin, target)
         # Like aiohttp, no silent retry on a pooled connection that dies: the request may have
         # been read; the caller's failover rules decide (idle ones are dropped before the
@@ -283,7 +284,9 @@ class Http1Transport:
         return response
 
 
+@functools.lru_cache(maxsize=1024)
 def _split(url: str) -> tuple[Origin, str]:
+    # Upstream URLs come from configuration and repeat on every call: parse each once.
     parts = urlsplit(url)
     scheme, host = parts.scheme, parts.hostname
     if scheme not in ("http", "https") or not host:
