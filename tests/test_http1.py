@@ -348,3 +348,15 @@ def test_either_configured_client_serves_the_aggregator(
     assert verified.json()["isValid"] is True
     assert settled.json()["success"] is True
     assert failed_over.headers["X-Aggregator-Upstream"] == "backup"
+
+
+async def test_credentials_in_the_url_become_basic_auth(transport: Http1Transport) -> None:
+    """RPC URLs may carry ``user:password@``: sent as Basic auth, never in the request line."""
+    state, server = await serve(answering(ok()))
+    async with server:
+        url = f"http://rpc%40user:s%3Acret@127.0.0.1:{state.port}/key/abc?x=1"
+        await transport.send(post(url))
+    head = state.requests[0]
+    assert head.startswith(b"POST /key/abc?x=1 HTTP/1.1\r\n")
+    assert b"Authorization: Basic cnBjQHVzZXI6czpjcmV0\r\n" in head  # rpc@user:s:cret
+    assert b"cret@" not in head

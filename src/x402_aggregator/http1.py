@@ -12,6 +12,7 @@ never a redirect followed. Errors are the seam's, keeping "never arrived" apart 
 from __future__ import annotations
 
 import asyncio
+import base64
 import functools
 import ssl
 import time
@@ -19,7 +20,7 @@ import zlib
 from collections import deque
 from collections.abc import Iterator, Mapping
 from typing import cast
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import httptools
 
@@ -196,10 +197,10 @@ class Http1Transport:
         self._open: set[_Connection] = set()  # with a request in flight
 
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
-        origin, target = _split(request.url)
+        origin, target, credentials = _split(request.url)
         deadline = time.monotonic() + request.timeout_s
         where = f"{request.method} {target.partition('?')[0]}"  # for errors: never the query
-        head = _head(request, origin, target)
+        head = _head(request, origin, target, credentials)
         # Like aiohttp, no silent retry on a pooled connection that dies: the request may have
         # been read; the caller's failover rules decide (idle ones are dropped before the
         # peers' own keep-alive ends, so that race is rare).
@@ -285,7 +286,8 @@ class Http1Transport:
 
 
 @functools.lru_cache(maxsize=1024)
-def _split(url: str) -> tuple[Origin, str]:
+def _split(url: str) -> tuple[Origin, str, str | None]:
+    """Origin, request target and Basic credentials (an RPC URL's ``user:password@``)."""
     # Upstream URLs come from configuration and repeat on every call: parse each once.
     parts = urlsplit(url)
     scheme, host = parts.scheme, parts.hostname
@@ -293,10 +295,14 @@ def _split(url: str) -> tuple[Origin, str]:
         raise ConnectError(f"not an http(s) URL: {parts.scheme}://{parts.netloc}")
     port = parts.port or (443 if scheme == "https" else 80)
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    return (scheme, host, port), target
+    credentials = None
+    if parts.username is not None:
+        pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+        credentials = "Basic " + base64.b64encode(pair).decode("ascii")
+    return (scheme, host, port), target, credentials
 
 
-def _head(request: UpstreamRequest, origin: Origin, target: str) -> bytes:
+def _head(request: UpstreamRequest, origin: Origin, target: str, credentials: str | None) -> bytes:
     scheme, host, port = origin
     name = f"[{host}]" if ":" in host else host
     default = 443 if scheme == "https" else 80
@@ -311,6 +317,8 @@ def _head(request: UpstreamRequest, origin: Origin, target: str) -> bytes:
     has_body = request.body is not None or request.method in ("POST", "PUT", "PATCH")
     if has_body and "content-length" not in given:
         lines.append(f"Content-Length: {len(request.body or b'')}")
+    if credentials is not None and "authorization" not in given:
+        lines.append(f"Authorization: {credentials}")
     if "accept-encoding" not in given:
         lines.append("Accept-Encoding: gzip, deflate")
     if request.fresh_connection:

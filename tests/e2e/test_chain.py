@@ -191,7 +191,7 @@ async def test_a_closed_port_is_a_chain_error_naming_only_the_host() -> None:
 
 
 async def test_a_stalled_rpc_times_out_as_a_chain_error() -> None:
-    """aiohttp's own timeout message quotes the full URL; ours must not, nor chain it."""
+    """A client's own timeout message may quote the full URL; ours must not, nor chain it."""
     stalled = StalledListener()
     reader = EvmReader(stalled.url + SECRET, timeout_s=0.3)
     try:

@@ -3,8 +3,8 @@
 When a settle's outcome is unknown (timeout, dropped connection, ``settlement_pending``), the
 chain is the authority: an EIP-3009 authorization is either used or not, and its
 ``AuthorizationUsed`` log names the transaction that used it; a sent transaction has a receipt
-or not. Plain JSON-RPC over aiohttp keeps this light enough to embed; errors name only the RPC's
-host, as RPC URLs often carry API keys.
+or not. Plain JSON-RPC on the lean HTTP/1.1 client keeps this light enough to embed; errors name
+only the RPC's host, as RPC URLs often carry API keys.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def word(address: str) -> str:
 
 
 class EvmReader(JsonRpcReader):
-    """Read-only JSON-RPC client for one EVM chain; owns an aiohttp session made on first use."""
+    """Read-only JSON-RPC client for one EVM chain; owns a connection pool."""
 
     family = "eip155"
 

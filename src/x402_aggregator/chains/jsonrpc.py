@@ -1,6 +1,8 @@
-"""A small, read-only JSON-RPC client over aiohttp: what every chain reader is built on.
+"""A small, read-only JSON-RPC client on the lean HTTP/1.1 client: what every chain reader is
+built on.
 
-One pooled session made on first use, one timeout per call, and every failure a
+One connection pool, one timeout per call, answers bounded after decoding (1 MiB: a hostile
+RPC cannot inflate one into memory), and every failure a
 :class:`~x402_aggregator.errors.ChainError` naming only the RPC's origin: RPC URLs often carry
 API keys in their path or query.
 """
@@ -11,10 +13,11 @@ import itertools
 from typing import Any
 from urllib.parse import urlsplit
 
-import aiohttp
 import orjson
 
-from ..errors import ChainError
+from ..errors import ChainError, TransportError
+from ..http1 import Http1Transport
+from ..transport import UpstreamRequest
 
 _HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
 
@@ -35,35 +38,41 @@ class JsonRpcReader:
     def __init__(self, rpc_url: str, *, timeout_s: float = 5.0) -> None:
         self._url = rpc_url
         self._origin = origin(rpc_url)
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self._session: aiohttp.ClientSession | None = None
+        self._timeout_s = timeout_s
+        self._client: Http1Transport | None = None
         self._ids = itertools.count(1)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._origin!r})"
 
     async def aclose(self) -> None:
-        """Close the session; a later call opens a new one."""
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
+        """Close the connections; a later call opens new ones."""
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
 
     def _error(self, method: str, problem: str) -> ChainError:
         return ChainError(f"{method} at {self._origin}: {problem}")
 
     async def _call(self, method: str, params: list[Any]) -> Any:
         """One JSON-RPC call; every failure becomes a ChainError naming only the host."""
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
-        request = {"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": params}
+        if self._client is None:
+            self._client = Http1Transport(pool_size=4)
+        call = {"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": params}
+        request = UpstreamRequest(
+            "POST",
+            self._url,
+            _HEADERS,
+            orjson.dumps(call),
+            timeout_s=self._timeout_s,
+            connect_timeout_s=self._timeout_s,
+        )
         failure = ""
         try:
-            async with self._session.post(
-                self._url, data=orjson.dumps(request), headers=_HEADERS, allow_redirects=False
-            ) as response:
-                status, body = response.status, await response.read()
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            # aiohttp's messages can quote the full URL: keep only the kind of failure, and
+            response = await self._client.send(request)
+            status, body = response.status, response.body
+        except TransportError as exc:
+            # Keep only the kind of failure (messages name the path, which may hold a key), and
             # raise outside this block so the original does not ride along as __context__.
             failure = type(exc).__name__
         if failure:
