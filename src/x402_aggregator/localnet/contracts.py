@@ -36,12 +36,8 @@ def compiled(
     roots: tuple[Path, ...] = (),
 ) -> dict[str, Bytecode]:
     """Every contract ``source`` defines, compiled once per source text and settings."""
-    options = [
-        *(["--solc", solc]),
-        *(["--via-ir"] if via_ir else []),
-        *(["--runs", str(runs)]),
-        *(arg for root in roots for arg in ("--root", str(root))),
-    ]
+    options = ["--solc", solc, "--runs", str(runs), *(["--via-ir"] if via_ir else [])]
+    options += [arg for root in roots for arg in ("--root", str(root))]
     digest = hashlib.sha256(
         source.read_bytes() + (_HERE / "compile.cjs").read_bytes() + " ".join(options).encode()
     ).hexdigest()[:16]

@@ -147,11 +147,7 @@ class TestBed:
 
     def token_balances(self) -> dict[str, int]:
         """Plain-token balances (atomic units) of the payer and the payee: Permit2 payments."""
-        token = self.permit2.token
-        return {
-            "payer": self.chain.balance(self.payer.address, token),
-            "pay_to": self.chain.balance(self.pay_to, token),
-        }
+        return self.balances(self.permit2.token)
 
     def evm_address(self, name: str) -> str:
         """The EVM signer of facilitator ``name``: the address an ``upto`` payment binds."""
@@ -209,11 +205,11 @@ class TestBed:
         self.facilitators[name] = self._launch(name, old.kind, port=old.port)
         return self.facilitators[name]
 
-    def balances(self) -> dict[str, int]:
-        """USDC balances (atomic units) of the payer and the payee."""
+    def balances(self, token: str | None = None) -> dict[str, int]:
+        """Balances (atomic units) of the payer and the payee in ``token`` (default: USDC)."""
         return {
-            "payer": self.chain.balance(self.payer.address),
-            "pay_to": self.chain.balance(self.pay_to),
+            "payer": self.chain.balance(self.payer.address, token),
+            "pay_to": self.chain.balance(self.pay_to, token),
         }
 
     def aggregator_config(self, *order: str, rpc: bool = True, **upstream: Any) -> dict[str, Any]:

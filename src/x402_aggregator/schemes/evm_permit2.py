@@ -101,21 +101,24 @@ class Permit2Scheme:
         self, facts: PaymentFacts, reader: EvmReader, owner: str, nonce: int
     ) -> str | None:
         """The settle that used the nonce, among the token's transfers from the owner."""
-        recipient = facts.chain_keys[0] if facts.chain_keys else ""
+        (recipient,) = facts.chain_keys
         if facts.asset is None or not recipient:
             return None
+        owner_word = word(owner)
+
+        def head_word(data: str, index: int) -> str:
+            """The call's ``index``-th 32-byte argument word (after the 4-byte selector)."""
+            return data[10 + 64 * index : 74 + 64 * index]
 
         async def carries_nonce(transaction: str) -> bool:
             data = await reader.transaction_input(transaction)
-            if data is None:
+            places = SETTLE_CALLS.get(data[:10]) if data else None
+            if data is None or places is None or len(head_word(data, max(places))) != 64:
                 return False
-            places = SETTLE_CALLS.get(data[:10])
-            if places is None:
-                return False
-            words = [data[10 + 64 * i : 74 + 64 * i] for i in range(max(places) + 1)]
-            if len(words[-1]) != 64:
-                return False
-            return int(words[places[0]], 16) == nonce and "0x" + words[places[1]] == word(owner)
+            nonce_at, owner_at = places
+            return int(head_word(data, nonce_at), 16) == nonce and (
+                "0x" + head_word(data, owner_at) == owner_word
+            )
 
-        topics = [TRANSFER_TOPIC, word(owner), word(recipient)]
+        topics = [TRANSFER_TOPIC, owner_word, word(recipient)]
         return await reader.find_log(facts.asset, topics, carries_nonce)
